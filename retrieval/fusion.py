@@ -1,0 +1,110 @@
+"""Fusing per-modality vectors into the one vector the vector store searches.
+
+Every fusion maps named per-slot vectors (``{"image": (n, 1280), "text": (n, 384), ...}``)
+to one L2-normalised vector per row, for products and for queries. A query may fill only
+some slots (a photo fills the image slots, words fill the text slots): missing slots are
+zeros and the fused score ranks by the slots the query has.
+
+The training-free default, :class:`WeightedConcatFusion`, concatenates ``sqrt(w_s) * v_s``.
+The inner product of a fused query and a fused product is then proportional to
+``sum_s w_s * cos(q_s, p_s)`` over the slots the query fills, which is also the score
+:func:`slot_scores` and :func:`weighted_score` compute exactly for re-ranking. A learned
+fusion head (``training/``) implements the same :class:`Fusion` protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.encoders.base import l2_normalise
+
+
+class Fusion(Protocol):
+    """Maps per-slot vectors to fused vectors (products and queries alike)."""
+
+    version: str
+    dim: int
+
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+        """Fused, L2-normalised ``(n, dim)`` float32 vectors; ``None`` slots are missing."""
+        ...
+
+    def to_dict(self) -> dict[str, object]:
+        """What the manifest records about this fusion."""
+        ...
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """A slot of the fused vector: its name, width and training-free weight."""
+
+    name: str
+    dim: int
+    weight: float
+
+
+class WeightedConcatFusion:
+    """Training-free fusion: the weighted, normalised concatenation of the slots."""
+
+    def __init__(self, slots: list[SlotSpec]) -> None:
+        if not slots:
+            raise ValueError("A fusion needs at least one slot.")
+        if any(s.weight < 0 for s in slots):
+            raise ValueError("Slot weights must be non-negative.")
+        self.slots = slots
+        self.dim = sum(s.dim for s in slots)
+        weights = ",".join(f"{s.name}={s.weight:g}" for s in slots)
+        self.version = f"concat-v1[{weights}]"
+
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+        unknown = set(slots) - {s.name for s in self.slots}
+        if unknown:
+            raise ValueError(f"Unknown slot(s) {sorted(unknown)}; fusion slots are "
+                             f"{[s.name for s in self.slots]}.")
+        parts = []
+        for spec in self.slots:
+            vectors = slots.get(spec.name)
+            if vectors is None:
+                parts.append(np.zeros((n, spec.dim), dtype=np.float32))
+                continue
+            if vectors.shape != (n, spec.dim):
+                raise ValueError(f"Slot {spec.name!r} has shape {vectors.shape}, "
+                                 f"expected {(n, spec.dim)}.")
+            parts.append(np.sqrt(spec.weight, dtype=np.float32) * vectors.astype(np.float32))
+        return l2_normalise(np.concatenate(parts, axis=1))
+
+    def weights(self) -> dict[str, float]:
+        return {s.name: s.weight for s in self.slots}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": "weighted-concat", "version": self.version,
+                "slots": [{"name": s.name, "dim": s.dim, "weight": s.weight}
+                          for s in self.slots]}
+
+
+def slot_scores(query: Mapping[str, np.ndarray], products: Mapping[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+    """Cosine of one query with many products, per slot the query fills.
+
+    Args:
+        query: Slot name -> ``(dim,)`` unit vector (only the slots the query fills).
+        products: Slot name -> ``(m, dim)`` unit vectors of the candidate products.
+
+    Returns:
+        Slot name -> ``(m,)`` float32 cosines.
+    """
+    return {name: products[name].astype(np.float32) @ vec.astype(np.float32)
+            for name, vec in query.items()}
+
+
+def weighted_score(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]
+                   ) -> np.ndarray:
+    """The fused score: the weight-averaged cosine over the slots present in ``scores``."""
+    total = sum(weights[name] for name in scores)
+    if total <= 0:
+        raise ValueError("The query fills no slot with a positive weight.")
+    return sum(weights[name] * s for name, s in scores.items()) / total

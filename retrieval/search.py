@@ -1,0 +1,337 @@
+"""The search engine: open an index version, answer image / text / image+text queries.
+
+A query is encoded into the slots it can fill, filtered (structured filters plus the
+constraints read from its words), searched in the vector store, and re-scored exactly from
+the per-slot vectors so every hit carries its fused score, each modality's score and the
+reasons it matched. Very selective filters skip the approximate index: filtered HNSW loses
+recall when few records pass, and scoring a few thousand rows exactly is cheaper anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from retrieval.artifacts import ProductRecords, read_products, read_vectors
+from retrieval.catalog import Product
+from retrieval.config import Settings, load_settings
+from retrieval.encoders import IMAGE, Encoder, create_encoder
+from retrieval.filters import Filters
+from retrieval.fusion import SlotSpec, WeightedConcatFusion, slot_scores, weighted_score
+from retrieval.images import ImageLimits, ImageSource, load_image
+from retrieval.manifest import IndexLayout, IndexStateError, check_contract, read_manifest
+from retrieval.preprocess import PhotoNormaliser, normalise
+from retrieval.profiles import LoadedProfile, Profile, SlotDef
+from retrieval.query import ParsedQuery, QueryParser, Vocabulary
+from retrieval.store import VectorStore, chroma_client
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 200
+# With at most this many products passing the filters, score them all exactly.
+EXACT_MAX_ROWS = 4096
+# Parsed (not explicit) filters are relaxed in this order when nothing passes them.
+RELAX_ORDER = ("size", "material", "colour", "price", "in_stock", "subcategory", "category",
+               "gender")
+BOOST = 0.05  # added to the fused score per matched soft preference (usage, season)
+SLOT_LABELS = {"image": "looks like the photo", "colour": "colours match",
+               "clip_image": "looks like the photo", "clip_text": "matches the description",
+               "text": "matches the words"}
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked product and why it is there."""
+
+    product: Product
+    rank: int
+    score: float
+    scores: Mapping[str, float]
+    why: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.product
+        return {"rank": self.rank, "product_id": p.product_id, "title": p.title,
+                "score": round(self.score, 4),
+                "scores": {k: round(v, 4) for k, v in self.scores.items()},
+                "category": p.category, "price": p.price, "currency": p.currency,
+                "in_stock": p.in_stock, "attributes": dict(p.attributes), "image": p.image,
+                "why": list(self.why)}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked hits plus what was applied to get them."""
+
+    hits: list[SearchHit]
+    filters: Filters
+    parsed: ParsedQuery | None = None
+    relaxed: tuple[str, ...] = ()
+    index_version: str = ""
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    exact: bool = False
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [hit.to_dict() for hit in self.hits]
+
+
+class SearchEngine:
+    """Read-only, thread-safe queries over one index version.
+
+    Use :meth:`open`; the version is fixed for the engine's life (a new build switched in
+    meanwhile is picked up by opening a new engine).
+    """
+
+    def __init__(self, *, folder: Path, manifest: dict[str, Any], loaded: LoadedProfile,
+                 records: ProductRecords, vectors: dict[str, np.ndarray], store: VectorStore,
+                 settings: Settings) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.version = str(manifest["version"])
+        self.profile = loaded
+        self.records = records
+        self.products = records.products
+        self.vectors = vectors
+        self.store = store
+        self.settings = settings
+        self.table = records.table()
+        self.row_of = {p.product_id: i for i, p in enumerate(self.products)}
+        self.fusion = WeightedConcatFusion(
+            [SlotSpec(s["name"], s["dim"], s["weight"]) for s in manifest["fusion"]["slots"]])
+        self.weights = self.fusion.weights()
+        self.vocabulary = Vocabulary(manifest.get("vocabulary", {}))
+        self.parser = QueryParser(self.vocabulary)
+        self.normaliser = PhotoNormaliser(**manifest["normaliser"])
+        self.limits = ImageLimits(max_pixels=settings.max_image_pixels,
+                                  max_bytes=settings.max_image_bytes,
+                                  timeout_s=settings.url_timeout_s, retries=settings.url_retries)
+
+    @classmethod
+    def open(cls, index_dir: str | Path | None = None, *, settings: Settings | None = None,
+             profile: LoadedProfile | None = None, version: str | None = None) -> SearchEngine:
+        """Opens the serving version of an index (or ``version``).
+
+        Args:
+            index_dir: Index root; defaults to ``settings.index_dir``.
+            settings: Resolved settings (default: :func:`load_settings`).
+            profile: Already loaded encoders; they must match the index's contract.
+            version: A specific version instead of the serving one.
+
+        Raises:
+            IndexNotFoundError: No index there.
+            IndexStateError: The index is incomplete, or ``profile`` differs from the
+                encoders it was built with.
+            ModelUnavailableError: Its encoders cannot be loaded here.
+        """
+        settings = settings or load_settings()
+        root = Path(index_dir) if index_dir is not None else Path(settings.index_dir)
+        layout = IndexLayout(root)
+        folder = layout.version_dir(version)
+        manifest = read_manifest(folder)
+        if profile is None:
+            profile = _profile_from_manifest(manifest, settings)
+        check_contract(manifest, profile.contract())
+        records = read_products(folder)
+        vectors = read_vectors(folder, [s["slot"] for s in manifest["slots"]],
+                               len(records.products))
+        store_info = manifest["store"]
+        if store_info["kind"] == "server":
+            if not settings.chroma_host:
+                settings = settings.replace(chroma_host=store_info["host"],
+                                            chroma_port=store_info["port"])
+            client = chroma_client(settings, None)
+        else:
+            client = chroma_client(settings.replace(chroma_host=""), folder / "chroma")
+        store = VectorStore.open(client, store_info["collection"])
+        if store.count() != len(records.products):
+            raise IndexStateError(
+                f"The vector store holds {store.count()} records but the index lists "
+                f"{len(records.products)} products; rebuild with `shopassist ingest`.")
+        return cls(folder=folder, manifest=manifest, loaded=profile, records=records,
+                   vectors=vectors, store=store, settings=settings)
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def product(self, product_id: str) -> Product:
+        """The product with this id.
+
+        Raises:
+            KeyError: No such product (the message says so plainly).
+        """
+        row = self.row_of.get(str(product_id))
+        if row is None:
+            raise KeyError(f"No product with id {product_id!r} in index {self.version}.")
+        return self.products[row]
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def prepare_image(self, image: ImageSource) -> Image.Image:
+        """Loads an untrusted query photo with the same checks and normalisation as ingest."""
+        return normalise(load_image(image, self.limits), self.normaliser)
+
+    def encode_query(self, image: Image.Image | None, text: str | None
+                     ) -> dict[str, np.ndarray]:
+        """Slot name -> unit query vector for every slot this query can fill."""
+        out: dict[str, np.ndarray] = {}
+        memo: dict[tuple[str, str], np.ndarray] = {}
+        for slot, part in self.profile.slots_for_query(image is not None, bool(text)):
+            key = (slot.encoder, part)
+            if key not in memo:
+                encoder = self.profile.encoder(slot)
+                memo[key] = (encoder.encode_images([image])[0] if part == IMAGE  # type: ignore[list-item]
+                             else encoder.encode_texts([text or ""])[0])
+            if np.any(memo[key]):
+                out[slot.name] = memo[key]
+        return out
+
+    # -- search ---------------------------------------------------------------------------
+
+    def search(self, image: ImageSource | None = None, text: str | None = None,
+               filters: Filters | None = None, k: int = 10, *, parse_text: bool = True,
+               relax: bool = True, exclude_ids: Sequence[str] = ()) -> SearchResult:
+        """Finds products by photo, words, or both, under structured filters.
+
+        Args:
+            image: A query photo (path, URL, bytes or PIL image); checked like any upload.
+            text: Words; constraints in them ("in red", "under 80") become filters.
+            filters: Explicit filters; they win over constraints read from ``text`` and are
+                never relaxed.
+            k: Number of results, 1..200.
+            parse_text: Read constraints from ``text`` (off: the words only embed).
+            relax: When the constraints read from the words leave nothing, drop them one at
+                a time (reported in ``relaxed``).
+            exclude_ids: Products never to return.
+
+        Returns:
+            The ranked hits with per-modality scores and reasons.
+
+        Raises:
+            ValueError: ``k`` out of range, or neither image, text nor filters given.
+            ImageError: The photo is unreadable or refused.
+        """
+        if not 1 <= int(k) <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K} (got {k}).")
+        text = (text or "").strip() or None
+        if image is None and text is None and (filters is None or filters.is_empty()):
+            raise ValueError("Give a photo, some words, or filters to search by.")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        parsed = self.parser.parse(text) if (text and parse_text) else None
+        explicit = filters or Filters()
+        read = parsed.filters if parsed else Filters()
+        query_image = self.prepare_image(image) if image is not None else None
+        timings["decode"] = _ms(t0)
+        t1 = time.perf_counter()
+        semantic = parsed.text if parsed else text
+        query = self.encode_query(query_image, semantic)
+        timings["encode"] = _ms(t1)
+        t2 = time.perf_counter()
+        combined, relaxed = self._applicable(read, explicit, relax)
+        boosts = parsed.boosts if parsed else {}
+        hits, exact = self.rank(query, combined, boosts, k, set(exclude_ids))
+        timings["search"] = _ms(t2)
+        timings["total"] = _ms(t0)
+        return SearchResult(hits=hits, filters=combined, parsed=parsed, relaxed=relaxed,
+                            index_version=self.version, timings_ms=timings, exact=exact)
+
+    def _applicable(self, read: Filters, explicit: Filters, relax: bool
+                    ) -> tuple[Filters, tuple[str, ...]]:
+        combined = read.merged(explicit)
+        if not relax or read.is_empty() or combined.mask(self.table).any():
+            return combined, ()
+        relaxed: list[str] = []
+        explicit_keys = set(explicit.keys())
+        for key in RELAX_ORDER:
+            if key in read.keys() and key not in explicit_keys:
+                read = read.without(key)
+                relaxed.append(key)
+                combined = read.merged(explicit)
+                if combined.mask(self.table).any():
+                    break
+        return combined, tuple(relaxed)
+
+    def rank(self, query: Mapping[str, np.ndarray], filters: Filters,
+             boosts: Mapping[str, tuple[str, ...]], k: int, exclude: set[str]
+             ) -> tuple[list[SearchHit], bool]:
+        """Ranks products for already encoded query slots (the core of every search).
+
+        Returns:
+            The top ``k`` hits, and whether they were scored exactly (no ANN).
+        """
+        mask = filters.mask(self.table) if not filters.is_empty() else None
+        for pid in exclude:
+            if pid in self.row_of:
+                if mask is None:
+                    mask = np.ones(len(self.products), dtype=bool)
+                mask[self.row_of[pid]] = False
+        allowed = len(self.products) if mask is None else int(mask.sum())
+        if allowed == 0:
+            return [], True
+        exact = not query or (mask is not None and allowed <= EXACT_MAX_ROWS)
+        if exact:
+            rows = np.flatnonzero(mask) if mask is not None else np.arange(len(self.products))
+        else:
+            fused = self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
+            want = min(allowed, max(4 * k, 64) + len(exclude))
+            hits = self.store.query(fused, want, filters.to_where())
+            rows = np.array([self.row_of[i] for i in hits.ids if i in self.row_of], dtype=int)
+            if mask is not None:
+                rows = rows[mask[rows]]
+        if not query:  # filters only: catalog order
+            rows = rows[:k]
+            return [SearchHit(self.products[r], i + 1, 0.0, {}, tuple(filters.describe()))
+                    for i, r in enumerate(rows)], True
+        per_slot = slot_scores(query, {s: self.vectors[s][rows] for s in query})
+        fused_scores = weighted_score(per_slot, self.weights)
+        bonus = np.zeros(len(rows), dtype=np.float32)
+        for key, values in boosts.items():
+            bonus += BOOST * np.isin(self.table.column(key)[rows], list(values))
+        total = fused_scores + bonus
+        order = np.argsort(-total, kind="stable")[:k]
+        chips = filters.describe()
+        out = []
+        for rank, j in enumerate(order, start=1):
+            row = int(rows[j])
+            scores = {s: float(v[j]) for s, v in per_slot.items()}
+            why = [f"{SLOT_LABELS.get(s, s)} ({v:.2f})"
+                   for s, v in sorted(scores.items(), key=lambda kv: -kv[1])]
+            why += chips
+            for key, values in boosts.items():
+                value = self.table.column(key)[row]
+                if value in values:
+                    why.append(f"{key}: {value}")
+            out.append(SearchHit(self.products[row], rank, float(total[j]), scores, tuple(why)))
+        return out, exact
+
+    def vectors_of(self, product_id: str) -> dict[str, np.ndarray]:
+        """The stored per-slot vectors of a product, as float32."""
+        row = self.row_of[self.product(product_id).product_id]
+        return {s: v[row].astype(np.float32) for s, v in self.vectors.items()}
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+def _profile_from_manifest(manifest: Mapping[str, Any], settings: Settings) -> LoadedProfile:
+    """Loads exactly the encoders an index was built with (from their specs)."""
+    slots = tuple(SlotDef(c["slot"], c["spec"], c["source"], float(c["weight"]))
+                  for c in manifest["slots"])
+    encoders: dict[str, Encoder] = {}
+    for slot in slots:
+        if slot.encoder not in encoders:
+            encoders[slot.encoder] = create_encoder(slot.encoder, device=settings.device,
+                                                    precision=settings.precision,
+                                                    batch_size=settings.batch_size)
+    normaliser = PhotoNormaliser(**manifest["normaliser"])
+    return LoadedProfile(Profile(str(manifest["profile"]), slots, normaliser), encoders)
