@@ -14,6 +14,7 @@ import collections
 import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -161,7 +162,7 @@ class _Cache:
             folder = layout.version_dir()
             manifest = read_manifest(folder)
             cache.manifest = manifest
-            if (manifest.get("slots") != loaded.contract()
+            if (_encoding_contract(manifest["slots"]) != _encoding_contract(loaded.contract())
                     or manifest.get("normaliser") != normaliser.to_dict()):
                 logger.info("the serving index used other encoders: encoding everything")
                 return cache
@@ -174,6 +175,11 @@ class _Cache:
         cache.image_rows = {k: i for i, k in enumerate(records.image_keys) if k}
         cache.text_rows = {k: i for i, k in enumerate(records.text_keys)}
         return cache
+
+
+def _encoding_contract(slots: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What makes stored vectors reusable: the encoders, not the fusion weights."""
+    return [(s["slot"], s.get("spec"), s["encoder"], s["revision"], s["dim"]) for s in slots]
 
 
 def ingest(
@@ -320,45 +326,52 @@ def ingest(
 
     fused = fusion.fuse(slot_vectors, len(products))
     version, build_dir = layout.start_build()
-    collection = _collection_name(layout, version, settings)
-    client = chroma_client(settings, None if settings.chroma_host else build_dir / "chroma")
-    store = VectorStore.create(client, collection, settings.hnsw,
-                               metadata={"shopassist_version": version})
-    bar = tqdm(total=len(products), desc="store", unit="vec", disable=not show)
-    store.add([p.product_id for p in products], fused, [p.metadata() for p in products],
-              progress=bar)
-    bar.close()
-    del store, client  # release the embedded store's files before the rename
+    try:
+        collection = _collection_name(layout, version, settings)
+        client = chroma_client(settings, None if settings.chroma_host else build_dir / "chroma")
+        store = VectorStore.create(client, collection, settings.hnsw,
+                                   metadata={"shopassist_version": version})
+        bar = tqdm(total=len(products), desc="store", unit="vec", disable=not show)
+        store.add([p.product_id for p in products], fused, [p.metadata() for p in products],
+                  progress=bar)
+        bar.close()
+        del store, client  # release the embedded store's files before the rename
 
-    write_products(build_dir, records)
-    write_vectors(build_dir, slot_vectors)
-    _write_issues(build_dir, issues)
-    table = records.table()
-    write_manifest(build_dir, {
-        "version": version,
-        "profile": loaded.profile.name,
-        "slots": loaded.contract(),
-        "fusion": fusion.to_dict(),
-        "normaliser": normaliser.to_dict(),
-        "distance": "cosine",
-        "dim": fusion.dim,
-        "count": len(products),
-        "store": {"kind": "server" if settings.chroma_host else "embedded",
-                  "collection": collection,
-                  **({"host": settings.chroma_host, "port": settings.chroma_port}
-                     if settings.chroma_host else {})},
-        "hnsw": {"space": settings.hnsw.space, "max_neighbors": settings.hnsw.max_neighbors,
-                 "ef_construction": settings.hnsw.ef_construction,
-                 "ef_search": settings.hnsw.ef_search},
-        "catalog": {"path": str(Path(catalog).resolve()), "mapping": loaded_catalog.mapping.to_dict(),
-                    "rows_read": loaded_catalog.rows_read, "skipped": len(issues)},
-        "vocabulary": Vocabulary.from_table(table).to_dict(),
-        "fingerprint": fingerprint,
-        "settings": settings.to_dict(),
-    })
-    layout.commit(version, build_dir)
+        write_products(build_dir, records)
+        write_vectors(build_dir, slot_vectors)
+        _write_issues(build_dir, issues)
+        table = records.table()
+        write_manifest(build_dir, {
+            "version": version,
+            "profile": loaded.profile.name,
+            "slots": loaded.contract(),
+            "fusion": fusion.to_dict(),
+            "normaliser": normaliser.to_dict(),
+            "distance": "cosine",
+            "dim": fusion.dim,
+            "count": len(products),
+            "store": {"kind": "server" if settings.chroma_host else "embedded",
+                      "collection": collection,
+                      **({"host": settings.chroma_host, "port": settings.chroma_port}
+                         if settings.chroma_host else {})},
+            "hnsw": {"space": settings.hnsw.space, "max_neighbors": settings.hnsw.max_neighbors,
+                     "ef_construction": settings.hnsw.ef_construction,
+                     "ef_search": settings.hnsw.ef_search},
+            "catalog": {"path": str(Path(catalog).resolve()), "mapping": loaded_catalog.mapping.to_dict(),
+                        "rows_read": loaded_catalog.rows_read, "skipped": len(issues)},
+            "vocabulary": Vocabulary.from_table(table).to_dict(),
+            "fingerprint": fingerprint,
+            "settings": settings.to_dict(),
+        })
+        layout.commit(version, build_dir)
+    except BaseException:
+        # A failed build never becomes visible; a killed one is removed by the next build.
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
     for old in layout.prune(keep_versions):
         logger.info("deleted old index version %s", old)
+        if settings.chroma_host:
+            _drop_collection(settings, _collection_name(layout, old, settings))
     report.version = version
     report.seconds = time.perf_counter() - started
     return report
@@ -370,6 +383,13 @@ def _collection_name(layout: IndexLayout, version: str, settings: Settings) -> s
     # One server may hold several indexes: tell them apart by their root folder.
     root = sha256(str(layout.root.resolve()).encode())[:10]
     return f"shopassist_{root}_{version}"
+
+
+def _drop_collection(settings: Settings, name: str) -> None:
+    try:
+        chroma_client(settings, None).delete_collection(name)
+    except Exception as exc:  # noqa: BLE001 - an old collection left behind is harmless
+        logger.warning("could not delete old collection %s: %s", name, exc)
 
 
 def _fingerprint(loaded: LoadedProfile, fusion: dict[str, Any], normaliser: PhotoNormaliser,

@@ -35,6 +35,7 @@ class PhotoNormaliser:
         work_size: Longest side the mask is computed at (speed; the mask is upsampled).
         max_background: Above this background fraction, the photo is left as is (the
             "product" would be a speck: more likely a mistake than a product).
+        edge_px: Background grown into the product's rim by this many work pixels.
     """
 
     tolerance: float = 40.0
@@ -42,10 +43,12 @@ class PhotoNormaliser:
     aspect: float = 0.75
     work_size: int = 96
     max_background: float = 0.97
+    edge_px: int = 1
 
     def to_dict(self) -> dict[str, float | int]:
         return {"tolerance": self.tolerance, "margin": self.margin, "aspect": self.aspect,
-                "work_size": self.work_size, "max_background": self.max_background}
+                "work_size": self.work_size, "max_background": self.max_background,
+                "edge_px": self.edge_px}
 
 
 def background_mask(rgb: np.ndarray, tolerance: float) -> np.ndarray:
@@ -82,6 +85,9 @@ def normalise(image: Image.Image, settings: PhotoNormaliser | None = None) -> Im
     small = image if scale == 1.0 else image.resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
     mask_small = background_mask(np.asarray(small), s.tolerance)
+    if s.edge_px and mask_small.any():
+        # JPEG and anti-aliasing leave a rim of background colour around the product.
+        mask_small = ndimage.binary_dilation(mask_small, iterations=s.edge_px)
     fraction = float(mask_small.mean())
     if fraction > s.max_background:
         return _pad_to_aspect(image, s.aspect)

@@ -27,12 +27,18 @@ PROFILE_NAMES = ("auto", "clip", "offline")
 
 @dataclass(frozen=True)
 class SlotDef:
-    """One slot: the encoder that fills it, what product content it reads, its weight."""
+    """One slot: the encoder that fills it, what product content it reads, its weight.
+
+    ``describes`` names the product attribute the slot measures, if it measures just one:
+    when a query's words constrain that attribute ("this jacket, but in black"), the photo
+    must not pull results back to its own colour, so the slot is left out of the query.
+    """
 
     name: str
     encoder: str
     source: str  # IMAGE or TEXT: the product content this slot encodes
     weight: float
+    describes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ def profile_for(name: str, settings: Settings) -> Profile:
     if name == "offline":
         return Profile("offline", (
             SlotDef("image", "efficientnet-lite0", IMAGE, 1.0),
-            SlotDef("colour", "colour", IMAGE, 1.0),
+            SlotDef("colour", "colour", IMAGE, 2.0, describes="colour"),
             text,
         ))
     if name == "clip":
@@ -91,19 +97,25 @@ class LoadedProfile:
         return [{"slot": s.name, "spec": s.encoder, "encoder": self.encoders[s.encoder].name,
                  "revision": self.encoders[s.encoder].revision,
                  "dim": self.encoders[s.encoder].dim, "source": s.source,
-                 "weight": s.weight} for s in self.profile.slots]
+                 "weight": s.weight, "describes": s.describes} for s in self.profile.slots]
 
     def slots_for_query(self, has_image: bool, has_text: bool) -> list[tuple[SlotDef, str]]:
-        """Which slots a query fills, and from which of its parts (same modality first)."""
+        """Which slots a query fills, and from which of its parts.
+
+        Image slots take the query photo; without a photo, words fill them through a
+        shared image-text space (CLIP) when the encoder has one. Text slots take only words:
+        a photo scored against product titles in CLIP's space is mostly noise next to the
+        photo-to-photo score.
+        """
         out = []
         for slot in self.profile.slots:
             mods = self.encoders[slot.encoder].modalities
-            preferred = [slot.source, TEXT if slot.source == IMAGE else IMAGE]
-            have = {IMAGE: has_image, TEXT: has_text}
-            for part in preferred:
-                if have[part] and part in mods:
-                    out.append((slot, part))
-                    break
+            if slot.source == IMAGE and has_image and IMAGE in mods:
+                out.append((slot, IMAGE))
+            elif slot.source == IMAGE and has_text and not has_image and TEXT in mods:
+                out.append((slot, TEXT))
+            elif slot.source == TEXT and has_text and TEXT in mods:
+                out.append((slot, TEXT))
         return out
 
 

@@ -179,12 +179,19 @@ class SearchEngine:
         """Loads an untrusted query photo with the same checks and normalisation as ingest."""
         return normalise(load_image(image, self.limits), self.normaliser)
 
-    def encode_query(self, image: Image.Image | None, text: str | None
+    def encode_query(self, image: Image.Image | None, text: str | None,
+                     skip_described: set[str] | frozenset[str] = frozenset()
                      ) -> dict[str, np.ndarray]:
-        """Slot name -> unit query vector for every slot this query can fill."""
+        """Slot name -> unit query vector for every slot this query can fill.
+
+        Slots that measure an attribute in ``skip_described`` are left out (the words
+        asked for another colour than the photo's, say).
+        """
         out: dict[str, np.ndarray] = {}
         memo: dict[tuple[str, str], np.ndarray] = {}
         for slot, part in self.profile.slots_for_query(image is not None, bool(text)):
+            if slot.describes is not None and slot.describes in skip_described:
+                continue
             key = (slot.encoder, part)
             if key not in memo:
                 encoder = self.profile.encoder(slot)
@@ -233,10 +240,11 @@ class SearchEngine:
         timings["decode"] = _ms(t0)
         t1 = time.perf_counter()
         semantic = parsed.text if parsed else text
-        query = self.encode_query(query_image, semantic)
+        combined, relaxed = self._applicable(read, explicit, relax)
+        constrained = set(combined.include) | set(combined.exclude)
+        query = self.encode_query(query_image, semantic, skip_described=constrained)
         timings["encode"] = _ms(t1)
         t2 = time.perf_counter()
-        combined, relaxed = self._applicable(read, explicit, relax)
         boosts = parsed.boosts if parsed else {}
         hits, exact = self.rank(query, combined, boosts, k, set(exclude_ids))
         timings["search"] = _ms(t2)
@@ -325,8 +333,8 @@ def _ms(since: float) -> float:
 
 def _profile_from_manifest(manifest: Mapping[str, Any], settings: Settings) -> LoadedProfile:
     """Loads exactly the encoders an index was built with (from their specs)."""
-    slots = tuple(SlotDef(c["slot"], c["spec"], c["source"], float(c["weight"]))
-                  for c in manifest["slots"])
+    slots = tuple(SlotDef(c["slot"], c["spec"], c["source"], float(c["weight"]),
+                          c.get("describes")) for c in manifest["slots"])
     encoders: dict[str, Encoder] = {}
     for slot in slots:
         if slot.encoder not in encoders:

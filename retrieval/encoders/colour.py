@@ -1,8 +1,10 @@
-"""A colour descriptor of the product (not its background): a soft HSV histogram.
+"""A colour descriptor of the product (not its background): soft HSV histograms.
 
-Its square root is L2-normalised, so the cosine of two descriptors is the Bhattacharyya
-coefficient of the two colour distributions. Computed on the photo after
-:func:`retrieval.preprocess.normalise`, ignoring the whitened background.
+One histogram of the whole product and one each of its upper and lower halves (a white
+shirt over blue jeans is not a blue shirt over white trousers). Square roots are taken, so
+the cosine of two descriptors is a Bhattacharyya coefficient of the colour distributions.
+Computed on the photo after :func:`retrieval.preprocess.normalise`, ignoring the whitened
+background.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ class ColourEncoder:
     modalities = frozenset({IMAGE})
     revision = "1"
 
+    # Whole product, upper half, lower half; halves weigh less than the whole.
+    REGION_WEIGHTS = (1.0, 0.7, 0.7)
+
     def __init__(self, *, hue_bins: int = 18, sat_bins: int = 3, val_bins: int = 3,
-                 grey_bins: int = 6, grey_saturation: float = 0.18, size: int = 48) -> None:
+                 grey_bins: int = 8, grey_saturation: float = 0.12, size: int = 48) -> None:
         self.hue_bins, self.sat_bins, self.val_bins = hue_bins, sat_bins, val_bins
         self.grey_bins, self.grey_saturation, self.size = grey_bins, grey_saturation, size
-        self.dim = hue_bins * sat_bins * val_bins + grey_bins
-        self.name = f"colour-hsv{hue_bins}x{sat_bins}x{val_bins}+{grey_bins}"
+        self.bins = hue_bins * sat_bins * val_bins + grey_bins
+        self.dim = self.bins * len(self.REGION_WEIGHTS)
+        self.name = (f"colour-hsv{hue_bins}x{sat_bins}x{val_bins}+{grey_bins}"
+                     f"@{grey_saturation:g}x3")
 
     def histogram(self, image: Image.Image) -> np.ndarray:
         """The raw (un-normalised) histogram of one photo."""
@@ -44,10 +51,10 @@ class ColourEncoder:
             foreground = np.ones(len(rgb), dtype=bool)
         hsv = np.asarray(image.convert("HSV"), dtype=np.float32).reshape(-1, 3)[foreground] / 255
         h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
-        hist = np.zeros(self.dim, dtype=np.float32)
+        hist = np.zeros(self.bins, dtype=np.float32)
         grey = (s < self.grey_saturation) | (v < 0.12)
         gbin = np.minimum((v[grey] * self.grey_bins).astype(int), self.grey_bins - 1)
-        np.add.at(hist, self.dim - self.grey_bins + gbin, 1.0)
+        np.add.at(hist, self.bins - self.grey_bins + gbin, 1.0)
         c = ~grey
         hpos = h[c] * self.hue_bins - 0.5
         h0 = np.floor(hpos).astype(int)
@@ -60,10 +67,19 @@ class ColourEncoder:
             np.add.at(hist, idx, weight.astype(np.float32))
         return hist / max(float(hist.sum()), 1.0)
 
+    def describe(self, image: Image.Image) -> np.ndarray:
+        """The un-normalised descriptor: weighted square-root histograms of the regions."""
+        width, height = image.size
+        regions = (image, image.crop((0, 0, width, height // 2)),
+                   image.crop((0, height // 2, width, height)))
+        return np.concatenate([np.sqrt(self.histogram(region)) * weight
+                               for region, weight in zip(regions, self.REGION_WEIGHTS,
+                                                         strict=True)])
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalise(np.sqrt(np.stack([self.histogram(img) for img in images])))
+        return l2_normalise(np.stack([self.describe(img) for img in images]))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"{self.name} encodes images only.")
