@@ -32,7 +32,8 @@ class ProductRecords:
     def table(self) -> ColumnTable:
         """Columns for filter masks: category plus every attribute."""
         keys = sorted({k for p in self.products for k in p.attributes})
-        columns = {"category": [p.category for p in self.products]}
+        columns = {"category": [p.category for p in self.products],
+                   "currency": [p.currency for p in self.products]}
         for key in keys:
             columns[key] = [p.attributes.get(key, "") for p in self.products]
         return ColumnTable(columns, [p.price for p in self.products],

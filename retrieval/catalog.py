@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from retrieval.images import is_url
 
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 FIELDS = ("product_id", "title", "description", "category", "price", "currency", "in_stock",
           "image", "variant_of")
 # Attribute names that the engine knows how to filter and parse from text.
+# Names an attribute may not take: they are product fields (or derived from them).
+RESERVED = frozenset(FIELDS) | {"id"}
 CORE_ATTRIBUTES = ("colour", "gender", "material", "season", "usage", "size")
 
 
@@ -71,8 +73,13 @@ class Product:
         return ". ".join(p for p in parts if p)
 
     def metadata(self) -> dict[str, str | int | float | bool]:
-        """Flat, filterable metadata for the vector store (Chroma accepts scalars only)."""
+        """Flat, filterable metadata for the vector store (Chroma accepts scalars only).
+
+        Attributes come first so that one named like a core field cannot replace it.
+        """
         meta: dict[str, str | int | float | bool] = {
+            key: value for key, value in self.attributes.items() if key not in RESERVED}
+        meta |= {
             "title": self.title,
             "category": self.category,
             "currency": self.currency,
@@ -83,8 +90,6 @@ class Product:
             meta["price"] = float(self.price)
         if self.variant_of:
             meta["variant_of"] = self.variant_of
-        for key, value in self.attributes.items():
-            meta[key] = value
         return meta
 
 
@@ -153,30 +158,33 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(8192)
-            fh.seek(0)
-            delimiter = "\t" if suffix == ".tsv" else _sniff_delimiter(sample)
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            for number, row in enumerate(reader, start=1):
-                if None in row:  # more cells than header columns
-                    extra = row.pop(None)
-                    row["__extra__"] = extra
-                yield number, row
+        with _open_text(path) as fh:
+            reader = csv.DictReader(fh, delimiter=_delimiter(fh, suffix))
+            try:
+                for number, row in enumerate(reader, start=1):
+                    if None in row:  # more cells than header columns
+                        extra = row.pop(None)
+                        row["__extra__"] = extra
+                    yield number, row
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc) from None
     elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
+        with _open_text(path) as fh:
             number = 0
-            for line in fh:
-                if not line.strip():
-                    continue
-                number += 1
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, {"__error__": f"invalid JSON ({exc.msg})"}
-                    continue
-                yield number, value if isinstance(value, dict) else {
-                    "__error__": "a JSON line must be an object"}
+            try:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    number += 1
+                    try:
+                        value = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        yield number, {"__error__": f"invalid JSON ({exc.msg})"}
+                        continue
+                    yield number, value if isinstance(value, dict) else {
+                        "__error__": "a JSON line must be an object"}
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc) from None
     elif suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
@@ -192,6 +200,29 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         )
 
 
+def _open_text(path: Path) -> TextIO:
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+    return path.open(newline="", encoding="utf-8-sig")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> CatalogError:
+    return CatalogError(
+        f"Catalog file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}). "
+        "Save it as UTF-8 and try again."
+    )
+
+
+def _delimiter(fh: TextIO, suffix: str) -> str:
+    if suffix == ".tsv":
+        return "\t"
+    try:
+        sample = fh.read(8192)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(Path(fh.name), exc) from None
+    fh.seek(0)
+    return _sniff_delimiter(sample)
+
+
 def _sniff_delimiter(sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
@@ -200,10 +231,30 @@ def _sniff_delimiter(sample: str) -> str:
 
 
 def columns_of(path: Path) -> list[str]:
-    """The column names of a catalog file (first row's keys for JSONL)."""
+    """The column names of a catalog file.
+
+    CSV and Parquet files name them in their header or schema (even without data rows);
+    for JSONL they are every key of every valid line, in order of first appearance (a key
+    that the first line happens to lack is still a column).
+    """
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with _open_text(path) as fh:
+            reader = csv.DictReader(fh, delimiter=_delimiter(fh, suffix))
+            try:
+                return [c for c in reader.fieldnames or [] if c]
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc) from None
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        # pandas may store its index as __index_level_0__: not a column of ours.
+        return [c for c in pq.ParquetFile(path).schema_arrow.names if not c.startswith("__")]
+    columns: dict[str, None] = {}
     for _, row in read_rows(path):
-        return [c for c in row if not c.startswith("__")]
-    return []
+        if "__error__" not in row:
+            columns.update((c, None) for c in row if not c.startswith("__"))
+    return list(columns)
 
 
 def detect_mapping(columns: Iterable[str]) -> ColumnMapping:
@@ -218,7 +269,8 @@ def detect_mapping(columns: Iterable[str]) -> ColumnMapping:
             return mapping
     if {"product_id", "title"} <= cols:
         fields = {f: f for f in FIELDS if f in cols}
-        attributes = {c.lower(): c for c in cols if c not in FIELDS and not c.startswith("__")}
+        attributes = {c.lower(): c for c in cols
+                      if c.lower() not in RESERVED and not c.startswith("__")}
         return ColumnMapping(name="canonical", fields=fields, attributes=attributes)
     raise CatalogError(
         "Cannot tell which columns hold the product id and title. Columns found: "
@@ -255,6 +307,11 @@ def mapping_from_dict(data: Mapping[str, Any], name: str = "custom") -> ColumnMa
         )
     if "product_id" not in fields or "title" not in fields:
         raise CatalogError(f"Mapping {name!r} must map at least product_id and title.")
+    clashing = {k for k in dict(data.get("attributes", {})) if k.lower() in RESERVED}
+    if clashing:
+        raise CatalogError(
+            f"Attribute name(s) {sorted(clashing)} in mapping {name!r} are product fields; "
+            "map them under [fields] or give the attributes other names.")
     return ColumnMapping(
         name=str(data.get("name", name)),
         fields=fields,
@@ -338,7 +395,11 @@ def load_catalog(
     if not path.is_file():
         raise CatalogError(f"Catalog file {path} does not exist.")
     if mapping is None:
-        mapping = detect_mapping(columns_of(path))
+        columns = columns_of(path)
+        if not columns:
+            raise CatalogError(f"Catalog file {path} is empty: it has no header and no "
+                               "readable rows.")
+        mapping = detect_mapping(columns)
     logger.info("reading %s with the %r column mapping", path, mapping.name)
     base = path.parent.resolve()
     products: list[Product] = []

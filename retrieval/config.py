@@ -88,18 +88,31 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    type_name = getattr(annotation, "__name__", str(annotation))
+    if not isinstance(value, str):
+        # A typed value (from TOML) must already have the right type: int("3.7") would
+        # silently truncate, and str(["a"]) would turn a list into a device name.
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool),
+        }.get(annotation, False)
+        if not ok:
+            raise ValueError(
+                f"Setting {name!r} = {value!r} is a {type(value).__name__}, not a valid "
+                f"{type_name}."
+            )
+        return annotation(value)
     try:
-        if annotation is bool and isinstance(value, str):
+        if annotation is bool:
             if value.lower() in {"1", "true", "yes", "on"}:
                 return True
             if value.lower() in {"0", "false", "no", "off", ""}:
                 return False
             raise ValueError(value)
-        return annotation(value)
+        return annotation(value.strip() if annotation in (int, float) else value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"Setting {name!r} = {value!r} is not a valid {getattr(annotation, '__name__', annotation)}."
-        ) from exc
+        raise ValueError(f"Setting {name!r} = {value!r} is not a valid {type_name}.") from exc
 
 
 def _apply(cls: type, base: Any, values: dict[str, Any], where: str) -> Any:
@@ -149,9 +162,15 @@ def load_settings(
             raise FileNotFoundError(
                 f"Config file {path} does not exist. Create it or unset SHOPASSIST_CONFIG."
             )
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-        settings = _apply(Settings, settings, data.get("retrieval", {}), str(path))
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"Config file {path} is not valid TOML: {exc}.") from None
+        section = data.get("retrieval", {})
+        if not isinstance(section, dict):
+            raise ValueError(f"In {path}, 'retrieval' must be a table ([retrieval]).")
+        settings = _apply(Settings, settings, section, str(path))
 
     from_env: dict[str, Any] = {}
     hnsw_env: dict[str, Any] = {}

@@ -7,6 +7,7 @@ filter is. Both are built from the same :class:`Filters`, and the tests check th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,11 +43,27 @@ class Filters:
 
     def __post_init__(self) -> None:
         for key, values in [*self.include.items(), *self.exclude.items()]:
+            if key in ("price", "in_stock"):
+                how = "price_min / price_max" if key == "price" else "in_stock=True / False"
+                raise FilterError(f"Filter {key} with {how}, not as a list of values "
+                                  f"(got {key}: {values!r}).")
+            if isinstance(values, str):
+                # A bare string would be read as a list of its letters.
+                raise FilterError(f"Filter {key!r} takes a tuple of values, e.g. "
+                                  f"({values!r},), not the string {values!r}.")
             if not values:
                 raise FilterError(f"Filter {key!r} has no values.")
             if len(values) > MAX_VALUES:
                 raise FilterError(f"Filter {key!r} has {len(values)} values; at most "
                                   f"{MAX_VALUES} are accepted.")
+            bad = [v for v in values if not isinstance(v, str) or not v]
+            if bad:
+                raise FilterError(f"Filter {key!r} values must be non-empty strings "
+                                  f"(got {bad[0]!r}).")
+        for name in ("price_min", "price_max"):
+            bound = getattr(self, name)
+            if bound is not None and not math.isfinite(bound):
+                raise FilterError(f"{name} must be a finite number (got {bound!r}).")
         if (self.price_min is not None and self.price_max is not None
                 and self.price_min > self.price_max):
             raise FilterError(f"price_min {self.price_min:g} is above price_max "
@@ -57,12 +74,16 @@ class Filters:
                     or self.price_max is not None or self.in_stock is not None)
 
     def merged(self, other: Filters) -> Filters:
-        """``other``'s constraints added to these (``other`` wins on the same key)."""
+        """``other``'s constraints added to these; ``other`` wins on the same key, and a
+        price bound in ``other`` replaces this price range as a whole (so "under 100" read
+        from words cannot clash with an explicit minimum of 200)."""
+        price = other if (other.price_min is not None or other.price_max is not None) \
+            else self
         return Filters(
             include={**self.include, **other.include},
             exclude={**self.exclude, **other.exclude},
-            price_min=other.price_min if other.price_min is not None else self.price_min,
-            price_max=other.price_max if other.price_max is not None else self.price_max,
+            price_min=price.price_min,
+            price_max=price.price_max,
             in_stock=other.in_stock if other.in_stock is not None else self.in_stock,
         )
 
@@ -129,9 +150,9 @@ class Filters:
         for key, values in self.include.items():
             ok &= np.isin(table.column(key), list(values))
         for key, values in self.exclude.items():
-            # Chroma's $ne / $nin reject records that lack the key: do the same.
-            col = table.column(key)
-            ok &= ~np.isin(col, list(values)) & (col != "")
+            # Chroma's $ne / $nin keep records that lack the key ("not red" keeps products
+            # without a colour); a missing value is "" here and "" is never a filter value.
+            ok &= ~np.isin(table.column(key), list(values))
         if self.price_min is not None:
             ok &= table.price >= self.price_min  # NaN (no price) compares False
         if self.price_max is not None:
@@ -171,7 +192,8 @@ def parse_filter_args(pairs: Iterable[str]) -> Filters:
     """Parses CLI-style ``KEY=VALUE`` pairs into :class:`Filters`.
 
     Accepted: ``colour=Red`` (repeat or use ``|`` for "any of": ``colour=Red|Blue``),
-    ``colour!=Red``, ``price<=80``, ``price>=20``, ``price=20..80``, ``in_stock=true``.
+    ``colour!=Red``, ``price<=80``, ``price>=20``, ``price=20..80``, ``in_stock=true``
+    (``in_stock!=true`` means out of stock).
 
     Raises:
         FilterError: A pair is malformed (the message shows the accepted forms).
@@ -191,6 +213,8 @@ def parse_filter_args(pairs: Iterable[str]) -> Filters:
         if not key or not value:
             raise FilterError(f"Cannot read filter {pair!r}; use {forms}.")
         key = key.lower()
+        if key == "price" and op == "!=":
+            raise FilterError(f"price does not take != (got {pair!r}); use {forms}.")
         try:
             if key == "price":
                 if op == "<=":
@@ -211,7 +235,7 @@ def parse_filter_args(pairs: Iterable[str]) -> Filters:
         if key == "in_stock":
             if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                 raise FilterError(f"in_stock takes true or false (got {value!r}).")
-            in_stock = value.lower() in {"true", "1", "yes"}
+            in_stock = (value.lower() in {"true", "1", "yes"}) != (op == "!=")
             continue
         target = exclude if op == "!=" else include
         target.setdefault(key, []).extend(v.strip() for v in value.split("|") if v.strip())

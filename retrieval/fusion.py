@@ -103,7 +103,15 @@ def slot_scores(query: Mapping[str, np.ndarray], products: Mapping[str, np.ndarr
 
 def weighted_score(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]
                    ) -> np.ndarray:
-    """The fused score: the weight-averaged cosine over the slots present in ``scores``."""
+    """The fused score: the weight-averaged cosine over the slots present in ``scores``.
+
+    Raises:
+        ValueError: A slot has no weight, or the slots present have no positive weight.
+    """
+    unknown = set(scores) - set(weights)
+    if unknown:
+        raise ValueError(f"No weight for slot(s) {sorted(unknown)}; weights are given for "
+                         f"{sorted(weights)}.")
     total = sum(weights[name] for name in scores)
     if total <= 0:
         raise ValueError("The query fills no slot with a positive weight.")

@@ -8,6 +8,7 @@ must not turn black).
 
 from __future__ import annotations
 
+import http.client
 import io
 import logging
 import time
@@ -65,6 +66,9 @@ def fetch_url(url: str, limits: ImageLimits) -> bytes:
         if attempt:
             time.sleep(min(0.25 * 2**attempt, 2.0))
         try:
+            # The socket timeout bounds each read; the deadline bounds the whole body, so a
+            # server that trickles a byte at a time cannot hold a worker forever.
+            deadline = time.monotonic() + limits.timeout_s
             request = urllib.request.Request(url, headers={"User-Agent": "shop-assistant/0.1"})
             with urllib.request.urlopen(request, timeout=limits.timeout_s) as response:
                 declared = response.headers.get("Content-Length")
@@ -73,7 +77,7 @@ def fetch_url(url: str, limits: ImageLimits) -> bytes:
                         f"{url} is {int(declared):,} bytes, over the {limits.max_bytes:,}-byte "
                         "limit (max_image_bytes)."
                     )
-                body = response.read(limits.max_bytes + 1)
+                body = _read_body(response, limits.max_bytes + 1, deadline, limits.timeout_s)
             if len(body) > limits.max_bytes:
                 raise ImageError(
                     f"{url} is over the {limits.max_bytes:,}-byte limit (max_image_bytes)."
@@ -91,6 +95,23 @@ def fetch_url(url: str, limits: ImageLimits) -> bytes:
     raise ImageError(f"Could not download {url}: {last}")
 
 
+def _read_body(response: http.client.HTTPResponse, cap: int, deadline: float,
+               timeout_s: float) -> bytes:
+    """Reads at most ``cap`` bytes, giving up once ``deadline`` has passed."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the body took longer than {timeout_s:g} s to arrive")
+        # read1 returns what one socket read gives; read(n) would wait for all n bytes.
+        chunk = response.read1(min(64 * 1024, cap - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_source(source: str | Path | bytes, limits: ImageLimits) -> tuple[BinaryIO, str]:
     if isinstance(source, bytes):
         if len(source) > limits.max_bytes:
@@ -103,21 +124,25 @@ def _read_source(source: str | Path | bytes, limits: ImageLimits) -> tuple[Binar
     path = Path(source)
     try:
         size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageError(
+                f"{path} is {size:,} bytes, over the {limits.max_bytes:,}-byte limit."
+            )
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"Image file {path} does not exist.") from None
-    except OSError as exc:
+    except OSError as exc:  # a folder, no permission, an I/O error
         raise ImageError(f"Cannot read image file {path}: {exc}") from None
-    if size > limits.max_bytes:
-        raise ImageError(f"{path} is {size:,} bytes, over the {limits.max_bytes:,}-byte limit.")
-    return io.BytesIO(path.read_bytes()), str(path)
+    return io.BytesIO(data), str(path)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Converts to RGB, compositing any transparency over white."""
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        # A palette index or a colour key (PNG tRNS) marks the transparent pixels.
+        image = image.convert("RGBA")
     if image.mode == "RGB":
         return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

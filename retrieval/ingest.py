@@ -357,7 +357,8 @@ def ingest(
             "hnsw": {"space": settings.hnsw.space, "max_neighbors": settings.hnsw.max_neighbors,
                      "ef_construction": settings.hnsw.ef_construction,
                      "ef_search": settings.hnsw.ef_search},
-            "catalog": {"path": str(Path(catalog).resolve()), "mapping": loaded_catalog.mapping.to_dict(),
+            "catalog": {"path": str(Path(catalog).resolve()),
+                        "mapping": loaded_catalog.mapping.to_dict(),
                         "rows_read": loaded_catalog.rows_read, "skipped": len(issues)},
             "vocabulary": Vocabulary.from_table(table).to_dict(),
             "fingerprint": fingerprint,
@@ -388,7 +389,7 @@ def _collection_name(layout: IndexLayout, version: str, settings: Settings) -> s
 def _drop_collection(settings: Settings, name: str) -> None:
     try:
         chroma_client(settings, None).delete_collection(name)
-    except Exception as exc:  # noqa: BLE001 - an old collection left behind is harmless
+    except Exception as exc:
         logger.warning("could not delete old collection %s: %s", name, exc)
 
 

@@ -58,7 +58,6 @@ def background_mask(rgb: np.ndarray, tolerance: float) -> np.ndarray:
     within ``tolerance`` of it *and* connected to the border, so a white shirt on a white
     background keeps its inside.
     """
-    h, w, _ = rgb.shape
     pixels = rgb.astype(np.int16)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     colour = np.median(border, axis=0)

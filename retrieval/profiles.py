@@ -112,9 +112,7 @@ class LoadedProfile:
             mods = self.encoders[slot.encoder].modalities
             if slot.source == IMAGE and has_image and IMAGE in mods:
                 out.append((slot, IMAGE))
-            elif slot.source == IMAGE and has_text and not has_image and TEXT in mods:
-                out.append((slot, TEXT))
-            elif slot.source == TEXT and has_text and TEXT in mods:
+            elif has_text and TEXT in mods and (slot.source == TEXT or not has_image):
                 out.append((slot, TEXT))
         return out
 

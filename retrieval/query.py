@@ -61,21 +61,45 @@ SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
                "summer": ("Summer",), "rainy": ("Fall",)},
 }
 
-_NUMBER = r"(?:rs\.?|inr|usd|eur|[$€£₹])?\s*(\d+(?:[.,]\d+)?)\s*(k)?\s*(?:rs\.?|inr|usd|eur|dollars?|euros?|rupees?|bucks|[$€£₹])?"
+# A number with an optional currency around it; _MONEY requires the currency (or a "k"),
+# so that "size 8-10" or "from 2012" are not read as prices. Each has two groups: the
+# digits and an optional "k".
+_CUR_BEFORE = r"(?:rs\.?|inr|usd|eur|gbp|[$€£₹])"
+_CUR_AFTER = r"(?:rs\.?|inr|usd|eur|gbp|dollars?|euros?|rupees?|pounds?|bucks|[$€£₹])"
+_DIGITS = r"(\d+(?:[.,]\d+)?)\s*(k)?"
+_NUMBER = rf"(?:{_CUR_BEFORE}\s*)?{_DIGITS}(?:\s*{_CUR_AFTER}(?![a-z]))?"
+_MONEY = (rf"(?:{_CUR_BEFORE}\s*{_DIGITS}(?:\s*{_CUR_AFTER}(?![a-z]))?"
+          rf"|(\d+(?:[.,]\d+)?)\s*(k)?\s*{_CUR_AFTER}(?![a-z])"
+          rf"|(\d+(?:[.,]\d+)?)\s*(k)\b)")
+_PRICE_WORD = r"(?:price[ds]?|priced at|costing|costs?|budget(?: of| is)?|for)"
 _PRICE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # Strong cues take plain numbers; weak ones ("from", "within", bare ranges) need money.
     (re.compile(rf"\bbetween\s+{_NUMBER}\s+and\s+{_NUMBER}"), "range"),
+    (re.compile(rf"\b{_PRICE_WORD}\s+(?:from\s+)?{_NUMBER}\s*(?:-|–|to)\s*{_NUMBER}"
+                r"(?![\w.])"), "range"),
+    (re.compile(rf"(?<![\w.]){_MONEY}\s*(?:-|–|to)\s*{_NUMBER}(?![\w.])"), "range"),
+    (re.compile(rf"(?<![\w.]){_NUMBER}\s*(?:-|–|to)\s*{_MONEY}"), "range"),
     (re.compile(rf"\bfrom\s+{_NUMBER}\s+to\s+{_NUMBER}"), "range"),
-    (re.compile(rf"(?<![\w.]){_NUMBER}\s*(?:-|–|to)\s*{_NUMBER}(?![\w.])"), "range"),
-    (re.compile(rf"(?:\bunder|\bbelow|\bless than|\bcheaper than|\bmax(?:imum)?|\bup ?to|"
-                rf"\bwithin|\bat most|\bnot more than|\bno more than|<=?)\s*{_NUMBER}"), "max"),
-    (re.compile(rf"(?:\bover|\babove|\bmore than|\bat least|\bmin(?:imum)?|\bstarting at|"
-                rf"\bfrom|>=?)\s*{_NUMBER}"), "min"),
+    # Bare "500-1500": a price only when both ends are >= 50 ("jeans 30-34" is a size).
+    (re.compile(r"(?<![\w.])([5-9]\d|\d{3,})(?:[.,]\d+)?()\s*(?:-|–|to)\s*"
+                r"([5-9]\d|\d{3,})(?:[.,]\d+)?()(?![\w.])"), "range"),
+    (re.compile(rf"(?:\bunder|\bbelow|\bless than|\bcheaper than|\bat most|\bnot more than|"
+                rf"\bno more than|\bbudget(?: of| is)?|\bmax(?:imum)?|\bup ?to|<=?)\s*"
+                rf"{_NUMBER}"), "max"),
+    (re.compile(rf"\bwithin\s*{_MONEY}"), "max"),
+    (re.compile(rf"(?:\bover|\babove|\bmore than|\bat least|>=?)\s*{_NUMBER}"), "min"),
+    (re.compile(rf"(?:\bmin(?:imum)?|\bstarting at|\bfrom)\s*{_MONEY}"), "min"),
     (re.compile(rf"(?:\baround|\babout|\bapprox(?:imately)?|\broughly|~)\s*{_NUMBER}"),
      "around"),
+    (re.compile(rf"(?<![\w.]){_MONEY}"), "around"),  # a bare "$80"
 ]
 _STOCK = re.compile(r"\b(?:in stock|available now|available)\b")
-_NEGATIONS = {"not", "no", "non", "except", "without", "excluding", "but not"}
+_NEGATIONS = {"not", "no", "non", "except", "without", "excluding", "neither"}
+# "not red or blue": a negation carries over a list of values of the same key.
+_LIST_WORDS = {"or", "nor", "and"}
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+# "women's shoes", "men’s watch", "girls' dresses": the possessive is not part of the word.
+_POSSESSIVE = re.compile(r"(?<=[a-z])['’]s\b|(?<=s)['’](?!\w)")
 
 
 @dataclass(frozen=True)
@@ -200,7 +224,7 @@ class QueryParser:
         Returns:
             The filters, boosts and the remaining words for the embedding.
         """
-        low = text.lower()
+        low = _POSSESSIVE.sub("", text.lower())
         matches: list[Match] = []
         price_min: float | None = None
         price_max: float | None = None
@@ -231,6 +255,7 @@ class QueryParser:
         include: dict[str, list[str]] = {}
         exclude: dict[str, list[str]] = {}
         boosts: dict[str, list[str]] = {}
+        previous: tuple[Match, int] | None = None  # the last match and where it ended
         i = 0
         while i < len(tokens):
             for size in range(min(self._max_words, len(tokens) - i), 0, -1):
@@ -240,7 +265,13 @@ class QueryParser:
                     continue
                 key, values = hit
                 negated = i > 0 and tokens[i - 1] in _NEGATIONS
-                matches.append(Match(phrase, key, values, negated))
+                if not negated and previous is not None:
+                    last, end = previous
+                    negated = (last.negated and last.key == key
+                               and all(t in _LIST_WORDS for t in tokens[end:i]))
+                match = Match(phrase, key, values, negated)
+                matches.append(match)
+                previous = (match, i + size)
                 if key in SOFT_KEYS and not negated:
                     boosts.setdefault(key, []).extend(values)
                 elif key in HARD_KEYS:

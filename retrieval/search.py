@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from PIL import Image
 from retrieval.artifacts import ProductRecords, read_products, read_vectors
 from retrieval.catalog import Product
 from retrieval.config import Settings, load_settings
-from retrieval.encoders import IMAGE, Encoder, create_encoder
+from retrieval.encoders import IMAGE, Encoder, create_encoder, l2_normalise
 from retrieval.filters import Filters
 from retrieval.fusion import SlotSpec, WeightedConcatFusion, slot_scores, weighted_score
 from retrieval.images import ImageLimits, ImageSource, load_image
@@ -179,19 +180,12 @@ class SearchEngine:
         """Loads an untrusted query photo with the same checks and normalisation as ingest."""
         return normalise(load_image(image, self.limits), self.normaliser)
 
-    def encode_query(self, image: Image.Image | None, text: str | None,
-                     skip_described: set[str] | frozenset[str] = frozenset()
+    def encode_query(self, image: Image.Image | None, text: str | None
                      ) -> dict[str, np.ndarray]:
-        """Slot name -> unit query vector for every slot this query can fill.
-
-        Slots that measure an attribute in ``skip_described`` are left out (the words
-        asked for another colour than the photo's, say).
-        """
+        """Slot name -> unit query vector for every slot this query can fill."""
         out: dict[str, np.ndarray] = {}
         memo: dict[tuple[str, str], np.ndarray] = {}
         for slot, part in self.profile.slots_for_query(image is not None, bool(text)):
-            if slot.describes is not None and slot.describes in skip_described:
-                continue
             key = (slot.encoder, part)
             if key not in memo:
                 encoder = self.profile.encoder(slot)
@@ -199,6 +193,54 @@ class SearchEngine:
                              else encoder.encode_texts([text or ""])[0])
             if np.any(memo[key]):
                 out[slot.name] = memo[key]
+        return out
+
+    @cached_property
+    def _prototypes(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per slot that measures one attribute: each value's mean vector ("what Red
+        looks like" in the colour slot), from the catalog itself."""
+        out = {}
+        for slot in self.profile.profile.slots:
+            if slot.describes is None or slot.name not in self.vectors:
+                continue
+            column = self.table.column(slot.describes)
+            values = [v for v in self.vocabulary.values.get(slot.describes, [])
+                      if (column == v).sum() >= 3]
+            if not values:
+                continue
+            vectors = self.vectors[slot.name]
+            means = np.stack([vectors[column == v].astype(np.float32).mean(axis=0)
+                              for v in values])
+            out[slot.name] = (values, l2_normalise(means))
+        return out
+
+    def _drop_contradicted(self, query: dict[str, np.ndarray], filters: Filters
+                           ) -> dict[str, np.ndarray]:
+        """Leaves out slots whose photo measurement contradicts the words.
+
+        "This dress, but in black": the photo's colour slot would pull results back to red.
+        A slot that measures an attribute the words constrain is kept only when the photo
+        itself looks like one of the asked values (among its 3 nearest value prototypes).
+        """
+        out = dict(query)
+        for slot in self.profile.profile.slots:
+            attr = slot.describes
+            if attr is None or slot.name not in out:
+                continue
+            if attr in filters.exclude:
+                out.pop(slot.name)
+                continue
+            wanted = filters.include.get(attr)
+            if not wanted:
+                continue
+            protos = self._prototypes.get(slot.name)
+            if protos is None:
+                out.pop(slot.name)
+                continue
+            values, means = protos
+            nearest = {values[i] for i in np.argsort(-(means @ out[slot.name]))[:3]}
+            if not nearest & set(wanted):
+                out.pop(slot.name)
         return out
 
     # -- search ---------------------------------------------------------------------------
@@ -241,8 +283,7 @@ class SearchEngine:
         t1 = time.perf_counter()
         semantic = parsed.text if parsed else text
         combined, relaxed = self._applicable(read, explicit, relax)
-        constrained = set(combined.include) | set(combined.exclude)
-        query = self.encode_query(query_image, semantic, skip_described=constrained)
+        query = self._drop_contradicted(self.encode_query(query_image, semantic), combined)
         timings["encode"] = _ms(t1)
         t2 = time.perf_counter()
         boosts = parsed.boosts if parsed else {}
@@ -260,7 +301,7 @@ class SearchEngine:
         relaxed: list[str] = []
         explicit_keys = set(explicit.keys())
         for key in RELAX_ORDER:
-            if key in read.keys() and key not in explicit_keys:
+            if key in read and key not in explicit_keys:
                 read = read.without(key)
                 relaxed.append(key)
                 combined = read.merged(explicit)

@@ -8,6 +8,7 @@ vectors, and Chroma must never try to download its default ONNX model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,10 +86,8 @@ class VectorStore:
     def create(cls, client: Any, name: str, hnsw: HnswParams,
                metadata: Mapping[str, Any] | None = None) -> VectorStore:
         """Creates a fresh collection (an existing one of that name is replaced)."""
-        try:
+        with contextlib.suppress(Exception):
             client.delete_collection(name)
-        except Exception:  # noqa: BLE001 - absent is fine
-            pass
         collection = client.create_collection(
             name=name, embedding_function=None, configuration=hnsw_configuration(hnsw),
             metadata=dict(metadata or {}) or None)

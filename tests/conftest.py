@@ -172,7 +172,7 @@ def draw_product(category: str, colour: tuple[int, int, int], size: tuple[int, i
     rng = random.Random(seed)
     image = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    w, h = size
+    _w, _h = size
     jitter = rng.randint(-2, 2)
     shape = CATEGORIES.get(category, "tshirt")
     if shape == "tshirt":

@@ -65,7 +65,7 @@ def resolve_model_path(model_id: str) -> Path:
 
     try:
         return Path(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any cache miss means "not here"
+    except Exception:
         pass
     packaged = packaged_path(model_id)
     if packaged is not None:
@@ -86,7 +86,7 @@ def resolve_model_path(model_id: str) -> Path:
     logger.info("downloading %s from the Hugging Face hub", model_id)
     try:
         return Path(snapshot_download(model_id))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelUnavailableError(f"Downloading {model_id!r} failed: {exc}") from exc
 
 

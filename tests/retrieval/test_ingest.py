@@ -40,7 +40,7 @@ def test_bad_rows_are_reported_and_good_rows_indexed(tmp_path, settings, clip_pr
     assert report.rows_read == 25
     reasons = {(i.row, i.product_id): i.reason for i in report.issues}
     assert reasons[(21, None)] == "missing product id"
-    assert "duplicate product id (first seen in row 1)" == reasons[(22, "P0000")]
+    assert reasons[(22, "P0000")] == "duplicate product id (first seen in row 1)"
     assert "bad price 'cheap'" in reasons[(23, "BADPRICE")]
     assert "does not exist" in reasons[(24, "NOFILE")]
     assert "unreadable image" in reasons[(25, "CORRUPT")]

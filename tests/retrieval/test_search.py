@@ -224,10 +224,22 @@ def test_offline_text_search_reads_constraints_and_meaning(offline_engine):
 
 
 def test_photo_plus_words_refines(offline_engine):
-    engine, catalog = offline_engine
+    engine, _catalog = offline_engine
     photo = draw_product("Dresses", COLOURS["Red"], size=(120, 160))
     result = engine.search(image=photo, text="in black", k=5)
     assert result.filters.include == {"colour": ("Black",)}
     assert all(h.product.attributes["colour"] == "Black" for h in result.hits)
     # The words asked for another colour: the photo's colour slot is not scored.
     assert set(result.hits[0].scores) == {"image", "text"}
+
+
+def test_photo_colour_slot_stays_when_words_agree_with_the_photo(offline_engine):
+    engine, _ = offline_engine
+    photo = draw_product("Dresses", COLOURS["Red"], size=(120, 160))
+    result = engine.search(image=photo, text="red", k=5)
+    assert result.filters.include == {"colour": ("Red",)}
+    assert set(result.hits[0].scores) == {"image", "colour", "text"}
+    negated = engine.search(image=photo, text="not red", k=5)
+    assert negated.filters.exclude == {"colour": ("Red",)}
+    assert "colour" not in negated.hits[0].scores
+    assert all(h.product.attributes["colour"] != "Red" for h in negated.hits)
