@@ -96,7 +96,7 @@ class Filters:
         return replace(self, include={k: v for k, v in self.include.items() if k != key},
                        exclude={k: v for k, v in self.exclude.items() if k != key})
 
-    def keys(self) -> list[str]:
+    def constrained(self) -> list[str]:
         """The constrained keys, most specific first (the order to relax them in reverse)."""
         out = list(dict.fromkeys([*self.include, *self.exclude]))
         if self.price_min is not None or self.price_max is not None:

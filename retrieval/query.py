@@ -93,6 +93,12 @@ _PRICE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
      "around"),
     (re.compile(rf"(?<![\w.]){_MONEY}"), "around"),  # a bare "$80"
 ]
+# Words that carry no product meaning of their own in a refinement ("this but in black").
+_FILLER = frozenset("""a an the this that these those it its one ones same like similar but
+in on of for with to at by as is are be please show me my i we want need looking look find
+get buy something some anything any colour color version instead also just only style kind
+type same different other another more less rather than so very too can could would you
+have has do does one item product""".split())
 _STOCK = re.compile(r"\b(?:in stock|available now|available)\b")
 _NEGATIONS = {"not", "no", "non", "except", "without", "excluding", "neither"}
 # "not red or blue": a negation carries over a list of values of the same key.
@@ -122,12 +128,16 @@ class ParsedQuery:
 
     Attributes:
         text: The words for the text embedding (prices and stock phrases removed).
+        free_text: What the words say beyond the constraints and filler ("with long
+            sleeves" of "this but in black with long sleeves"); empty when nothing is left.
+            With a photo, only this refines the search by meaning.
         filters: Hard constraints.
         boosts: Soft preferences (key -> values) that raise matching products.
         matches: Every constraint read, for "why it matched" and for tests.
     """
 
     text: str
+    free_text: str = ""
     filters: Filters = field(default_factory=Filters)
     boosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     matches: tuple[Match, ...] = ()
@@ -256,6 +266,7 @@ class QueryParser:
         exclude: dict[str, list[str]] = {}
         boosts: dict[str, list[str]] = {}
         previous: tuple[Match, int] | None = None  # the last match and where it ended
+        consumed: set[int] = set()
         i = 0
         while i < len(tokens):
             for size in range(min(self._max_words, len(tokens) - i), 0, -1):
@@ -271,6 +282,7 @@ class QueryParser:
                                and all(t in _LIST_WORDS for t in tokens[end:i]))
                 match = Match(phrase, key, values, negated)
                 matches.append(match)
+                consumed.update(range(i, i + size))
                 previous = (match, i + size)
                 if key in SOFT_KEYS and not negated:
                     boosts.setdefault(key, []).extend(values)
@@ -288,7 +300,10 @@ class QueryParser:
             exclude={k: tuple(dict.fromkeys(v)) for k, v in exclude.items()},
             price_min=price_min, price_max=price_max, in_stock=in_stock)
         residual = " ".join(_WORD.findall(low))
-        return ParsedQuery(text=residual, filters=filters,
+        free = " ".join(t for j, t in enumerate(tokens)
+                        if j not in consumed and t not in _FILLER and t not in _NEGATIONS
+                        and t not in _LIST_WORDS)
+        return ParsedQuery(text=residual, free_text=free, filters=filters,
                            boosts={k: tuple(dict.fromkeys(v)) for k, v in boosts.items()},
                            matches=tuple(matches))
 

@@ -281,7 +281,10 @@ class SearchEngine:
         query_image = self.prepare_image(image) if image is not None else None
         timings["decode"] = _ms(t0)
         t1 = time.perf_counter()
-        semantic = parsed.text if parsed else text
+        # With a photo, the words refine: only what they say beyond the constraints is
+        # embedded ("but in black" adds a filter, not a text query that matches "black").
+        semantic = (parsed.free_text if query_image is not None else parsed.text) \
+            if parsed else text
         combined, relaxed = self._applicable(read, explicit, relax)
         query = self._drop_contradicted(self.encode_query(query_image, semantic), combined)
         timings["encode"] = _ms(t1)
@@ -299,9 +302,9 @@ class SearchEngine:
         if not relax or read.is_empty() or combined.mask(self.table).any():
             return combined, ()
         relaxed: list[str] = []
-        explicit_keys = set(explicit.keys())
+        explicit_keys = set(explicit.constrained())
         for key in RELAX_ORDER:
-            if key in read and key not in explicit_keys:
+            if key in read.constrained() and key not in explicit_keys:
                 read = read.without(key)
                 relaxed.append(key)
                 combined = read.merged(explicit)

@@ -230,7 +230,7 @@ def test_photo_plus_words_refines(offline_engine):
     assert result.filters.include == {"colour": ("Black",)}
     assert all(h.product.attributes["colour"] == "Black" for h in result.hits)
     # The words asked for another colour: the photo's colour slot is not scored.
-    assert set(result.hits[0].scores) == {"image", "text"}
+    assert set(result.hits[0].scores) == {"image"}  # "in black" says nothing more
 
 
 def test_photo_colour_slot_stays_when_words_agree_with_the_photo(offline_engine):
@@ -238,7 +238,7 @@ def test_photo_colour_slot_stays_when_words_agree_with_the_photo(offline_engine)
     photo = draw_product("Dresses", COLOURS["Red"], size=(120, 160))
     result = engine.search(image=photo, text="red", k=5)
     assert result.filters.include == {"colour": ("Red",)}
-    assert set(result.hits[0].scores) == {"image", "colour", "text"}
+    assert set(result.hits[0].scores) == {"image", "colour"}
     negated = engine.search(image=photo, text="not red", k=5)
     assert negated.filters.exclude == {"colour": ("Red",)}
     assert "colour" not in negated.hits[0].scores

@@ -1,0 +1,126 @@
+"""The ``shopassist`` CLI contract: ingest, search --json, recommend, doctor, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.cli import main
+from tests.conftest import write_catalog
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tiny_clip_dir, tiny_sbert_dir, tmp_path):
+    env = {"SHOPASSIST_PROFILE": "clip", "SHOPASSIST_CLIP_MODEL": str(tiny_clip_dir),
+           "SHOPASSIST_TEXT_MODEL": str(tiny_sbert_dir), "SHOPASSIST_DEVICE": "cpu",
+           "SHOPASSIST_PRECISION": "fp32", "SHOPASSIST_INDEX_DIR": str(tmp_path / "index"),
+           "HF_HUB_OFFLINE": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SHOPASSIST_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ingest_search_recommend(cli_env, capsys, tmp_path):
+    catalog = write_catalog(tmp_path / "cat", n=24, bad_rows=True)
+    code, out, _ = _run(capsys, "ingest", str(catalog), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["products"] == 24 and report["version"] == "v0001"
+    assert {i["row"] for i in report["issues"]} == {25, 26, 27, 28, 29}
+
+    code, out, _ = _run(capsys, "ingest", str(catalog))
+    assert code == 0 and "up to date" in out
+
+    code, out, _ = _run(capsys, "search", "--text", "blue jeans for women", "--k", "3",
+                        "--json")
+    assert code == 0
+    hits = json.loads(out)
+    assert 1 <= len(hits) <= 3
+    assert {"product_id", "title", "score"} <= set(hits[0])
+    assert all(h["category"] == "Jeans" for h in hits)
+
+    image = str(catalog.parent / "images" / "P0005.jpg")
+    code, out, _ = _run(capsys, "search", "--image", image, "--filter", "price<=1000",
+                        "--json", "--k", "1")
+    assert code == 0 and json.loads(out)[0]["product_id"] == "P0005"
+
+    code, out, _ = _run(capsys, "search", "--text", "dress", "--filter", "colour=Green|Blue")
+    assert code == 0 and "colour: Green or Blue" in out and "category: Dresses" in out
+
+    code, out, _ = _run(capsys, "recommend", "P0005", "--json", "--k", "4")
+    assert code == 0
+    similar = json.loads(out)
+    assert len(similar) == 4 and "P0005" not in {h["product_id"] for h in similar}
+
+
+def test_user_errors_exit_2_with_a_message(cli_env, capsys, tmp_path):
+    code, _, err = _run(capsys, "search", "--text", "shirt")
+    assert code == 2 and "No index at" in err and "shopassist ingest" in err
+    code, _, err = _run(capsys, "ingest", str(tmp_path / "missing.csv"))
+    assert code == 2 and "does not exist" in err
+    catalog = write_catalog(tmp_path / "cat", n=8)
+    assert _run(capsys, "ingest", str(catalog))[0] == 0
+    code, _, err = _run(capsys, "search", "--filter", "price<=cheap")
+    assert code == 2 and "not a number" in err
+    code, _, err = _run(capsys, "search", "--image", str(tmp_path / "nope.jpg"))
+    assert code == 2 and "does not exist" in err
+    code, _, err = _run(capsys, "recommend", "NOPE")
+    assert code == 2 and "No product with id 'NOPE'" in err
+    code, _, err = _run(capsys, "ingest", str(catalog), "--map", "nonsense")
+    assert code == 2 and "FIELD=COLUMN" in err
+
+
+def test_ingest_with_a_column_mapping(cli_env, capsys, tmp_path):
+    catalog = tmp_path / "shop.csv"
+    images = tmp_path / "img"
+    images.mkdir()
+    from tests.conftest import COLOURS, draw_product
+
+    draw_product("Tshirts", COLOURS["Red"]).save(images / "a.jpg")
+    catalog.write_text("SKU,Name,Cost,Photo\nA1,Red tee,12.5,img/a.jpg\nA2,Plain mug,4,\n")
+    code, _, err = _run(capsys, "ingest", str(catalog))
+    assert code == 2 and "--map product_id=SKU" in err
+    code, out, _ = _run(capsys, "ingest", str(catalog), "--map", "product_id=SKU",
+                        "--map", "title=Name", "--map", "price=Cost", "--map", "image=Photo",
+                        "--json")
+    assert code == 0 and json.loads(out)["products"] == 2
+
+
+def test_doctor_reports_profiles(cli_env, capsys):
+    code, out, _ = _run(capsys, "doctor", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["profiles"]["offline"]["ok"] is True
+    assert report["profiles"]["clip"]["ok"] is True  # the tiny CLIP folder from the env
+    assert report["hub"]["reachable"] is False
+    assert report["index"]["ok"] is False and "No index" in report["index"]["why"]
+
+
+@pytest.mark.slow
+def test_console_script(cli_env, tmp_path):
+    exe = shutil.which("shopassist", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("shopassist is not installed in this environment")
+    catalog = write_catalog(tmp_path / "cat", n=8)
+    env = {**os.environ, **cli_env}
+    subprocess.run([exe, "ingest", str(catalog)], check=True, env=env, capture_output=True)
+    proc = subprocess.run([exe, "search", "--text", "red", "--json"], env=env,
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout)[0]["product_id"].startswith("P")
+    proc = subprocess.run([exe, "search"], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "interactive" in proc.stderr
