@@ -173,7 +173,9 @@ def evaluate_photos(engine: SearchEngine, args: argparse.Namespace) -> dict[str,
 
     image_slots = [s for s in engine.profile.profile.slots if s.source == "image"]
     prepared = [engine.prepare_image(p) for p in tqdm(photos, desc="normalise", disable=None)]
-    query = {s.name: engine.profile.encoder(s).encode_images(prepared) for s in image_slots}
+    query = {s.name: engine.profile.encoder(s).encode_images(
+        [p.variants[engine.profile.profile.normaliser_of(s)] for p in prepared])
+        for s in image_slots}
     for slot in image_slots:
         score(f"ours: {slot.name} slot only", rank_weighted(
             {slot.name: query[slot.name]}, engine.vectors, engine.weights))

@@ -39,7 +39,7 @@ from retrieval.config import Settings
 from retrieval.encoders import IMAGE, TEXT
 from retrieval.images import ImageError, ImageLimits, is_url, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, read_manifest, write_manifest
-from retrieval.preprocess import PhotoNormaliser, normalise
+from retrieval.preprocess import PhotoNormaliser, normalise_variants
 from retrieval.profiles import LoadedProfile, load_profile
 from retrieval.query import Vocabulary
 from retrieval.store import VectorStore, chroma_client
@@ -97,12 +97,12 @@ def sha256(data: bytes) -> str:
 class _Prepared:
     index: int
     key: str
-    image: Image.Image | None  # None: reused from the cache, or failed
+    images: dict[PhotoNormaliser, Image.Image] | None  # None: reused, or failed
     error: str | None = None
 
 
-def _prepare(index: int, product: Product, limits: ImageLimits, normaliser: PhotoNormaliser,
-             cached: set[str]) -> _Prepared:
+def _prepare(index: int, product: Product, limits: ImageLimits,
+             variants: Sequence[PhotoNormaliser], cached: set[str]) -> _Prepared:
     """Reads, hashes, decodes and normalises one product photo (runs in a worker thread)."""
     try:
         if is_url(product.image):
@@ -124,7 +124,8 @@ def _prepare(index: int, product: Product, limits: ImageLimits, normaliser: Phot
             if key in cached:
                 return _Prepared(index, key, None)
             image = load_image(data, limits, name=str(path))
-        return _Prepared(index, key, normalise(image, normaliser))
+        prepared = normalise_variants(image, variants)
+        return _Prepared(index, key, dict(zip(variants, prepared, strict=True)))
     except ImageError as exc:
         return _Prepared(index, "", None, f"unreadable image: {exc}")
     except OSError as exc:
@@ -144,7 +145,13 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Prepared], n: in
 
 
 class _Cache:
-    """Vectors of the serving version, keyed by content, when its contract matches ours."""
+    """Vectors of the serving version, keyed by content.
+
+    Image vectors are reused when every image slot was encoded exactly as now (same
+    encoders, revisions and photo preparation), text vectors when every text slot was:
+    changing how photos are prepared keeps the text vectors, and changing fusion weights
+    keeps them all.
+    """
 
     def __init__(self) -> None:
         self.image_rows: dict[str, int] = {}
@@ -153,8 +160,7 @@ class _Cache:
         self.manifest: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, layout: IndexLayout, loaded: LoadedProfile,
-             normaliser: PhotoNormaliser) -> _Cache:
+    def load(cls, layout: IndexLayout, loaded: LoadedProfile) -> _Cache:
         cache = cls()
         if layout.current() is None:
             return cache
@@ -162,24 +168,37 @@ class _Cache:
             folder = layout.version_dir()
             manifest = read_manifest(folder)
             cache.manifest = manifest
-            if (_encoding_contract(manifest["slots"]) != _encoding_contract(loaded.contract())
-                    or manifest.get("normaliser") != normaliser.to_dict()):
+            built = {c["slot"]: _encoding_contract(c, manifest) for c in manifest["slots"]}
+            now = {c["slot"]: _encoding_contract(c, None) for c in loaded.contract()}
+            reusable = {name for name in now if built.get(name) == now[name]}
+            slots = loaded.profile.slots
+            image_ok = all(s.name in reusable for s in slots if s.source == IMAGE)
+            text_ok = all(s.name in reusable for s in slots if s.source == TEXT)
+            if not (image_ok or text_ok):
                 logger.info("the serving index used other encoders: encoding everything")
                 return cache
             records = read_products(folder)
-            cache.vectors = read_vectors(folder, [s.name for s in loaded.profile.slots],
-                                         len(records.products))
+            names = [s.name for s in slots if s.name in reusable]
+            cache.vectors = read_vectors(folder, names, len(records.products))
         except IndexStateError as exc:
             logger.warning("cannot reuse the serving index's vectors: %s", exc)
             return cache
-        cache.image_rows = {k: i for i, k in enumerate(records.image_keys) if k}
-        cache.text_rows = {k: i for i, k in enumerate(records.text_keys)}
+        if image_ok:
+            cache.image_rows = {k: i for i, k in enumerate(records.image_keys) if k}
+        if text_ok:
+            cache.text_rows = {k: i for i, k in enumerate(records.text_keys)}
         return cache
 
 
-def _encoding_contract(slots: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """What makes stored vectors reusable: the encoders, not the fusion weights."""
-    return [(s["slot"], s.get("spec"), s["encoder"], s["revision"], s["dim"]) for s in slots]
+def _encoding_contract(slot: dict[str, Any], manifest: dict[str, Any] | None
+                       ) -> tuple[Any, ...]:
+    """What makes a slot's stored vectors reusable: its encoder and photo preparation,
+    not its fusion weight."""
+    normaliser = slot.get("normaliser")
+    if normaliser is None and manifest is not None and slot.get("source") == IMAGE:
+        normaliser = manifest.get("normaliser")  # indexes that had one for all slots
+    prepared = PhotoNormaliser(**normaliser) if normaliser is not None else None
+    return (slot.get("spec"), slot["encoder"], slot["revision"], slot["dim"], prepared)
 
 
 def ingest(
@@ -218,8 +237,8 @@ def ingest(
     layout = IndexLayout(Path(settings.index_dir))
     loaded_catalog = load_catalog(catalog, mapping, limit=limit)
     loaded = profile or load_profile(settings.profile, settings)
-    normaliser = loaded.profile.normaliser
-    cache = _Cache.load(layout, loaded, normaliser)
+    variants = loaded.profile.photo_variants()
+    cache = _Cache.load(layout, loaded)
     products = loaded_catalog.products
     issues = list(loaded_catalog.issues)
     report = IngestReport(index=layout.root, version=None, profile=loaded.profile.name,
@@ -240,14 +259,15 @@ def ingest(
     with_image = [i for i, p in enumerate(products) if p.image]
     report.without_image = n - len(with_image)
     cached_keys = set(cache.image_rows)
-    batch: list[tuple[int, Image.Image]] = []
+    batch: list[tuple[int, dict[PhotoNormaliser, Image.Image]]] = []
 
     def flush() -> None:
         if not batch:
             return
         rows = [i for i, _ in batch]
-        images = [img for _, img in batch]
         for slot in image_slots:
+            variant = loaded.profile.normaliser_of(slot)
+            images = [prepared[variant] for _, prepared in batch]
             slot_vectors[slot.name][rows] = loaded.encoder(slot).encode_images(images)
         report.encoded_images += len(batch)
         batch.clear()
@@ -257,7 +277,7 @@ def ingest(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         def task(j: int) -> _Prepared:
             i = with_image[j]
-            return _prepare(i, products[i], limits, normaliser, cached_keys)
+            return _prepare(i, products[i], limits, variants, cached_keys)
 
         for item in _bounded_map(pool, task, len(with_image), window=settings.batch_size * 4):
             bar.update(1)
@@ -268,13 +288,13 @@ def ingest(
                                        reason=item.error))
                 continue
             image_keys[item.index] = item.key
-            if item.image is None:  # same bytes as an image the serving index has
+            if item.images is None:  # same bytes as an image the serving index has
                 row = cache.image_rows[item.key]
                 for slot in image_slots:
                     slot_vectors[slot.name][item.index] = cache.vectors[slot.name][row]
                 report.reused_images += 1
                 continue
-            batch.append((item.index, item.image))
+            batch.append((item.index, item.images))
             if len(batch) >= settings.batch_size:
                 flush()
         flush()
@@ -316,7 +336,7 @@ def ingest(
             f"{issues[0] if issues else 'none'}). The serving index, if any, is unchanged.")
 
     fusion = loaded.fusion()
-    fingerprint = _fingerprint(loaded, fusion.to_dict(), normaliser, records)
+    fingerprint = _fingerprint(loaded, fusion.to_dict(), records)
     if (not force and cache.manifest is not None
             and cache.manifest.get("fingerprint") == fingerprint):
         report.version = layout.current()
@@ -346,7 +366,6 @@ def ingest(
             "profile": loaded.profile.name,
             "slots": loaded.contract(),
             "fusion": fusion.to_dict(),
-            "normaliser": normaliser.to_dict(),
             "distance": "cosine",
             "dim": fusion.dim,
             "count": len(products),
@@ -393,11 +412,10 @@ def _drop_collection(settings: Settings, name: str) -> None:
         logger.warning("could not delete old collection %s: %s", name, exc)
 
 
-def _fingerprint(loaded: LoadedProfile, fusion: dict[str, Any], normaliser: PhotoNormaliser,
-                 records: ProductRecords) -> str:
+def _fingerprint(loaded: LoadedProfile, fusion: dict[str, Any], records: ProductRecords
+                 ) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([loaded.contract(), fusion, normaliser.to_dict()],
-                             sort_keys=True).encode())
+    digest.update(json.dumps([loaded.contract(), fusion], sort_keys=True).encode())
     for product, ikey, tkey in zip(records.products, records.image_keys, records.text_keys,
                                    strict=True):
         digest.update(json.dumps(product.metadata(), sort_keys=True, default=str).encode())

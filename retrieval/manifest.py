@@ -216,10 +216,20 @@ def check_contract(manifest: Mapping[str, Any], contract: list[dict[str, Any]]) 
     """Refuses to query an index with encoders other than those it was built with.
 
     Raises:
-        IndexStateError: Encoder name, revision or dimension differ; the message lists them.
+        IndexStateError: Encoder name, revision, dimension or photo preparation differ;
+            the message lists them.
     """
-    built = [(c["slot"], c["encoder"], c["revision"], c["dim"]) for c in manifest["slots"]]
-    have = [(c["slot"], c["encoder"], c["revision"], c["dim"]) for c in contract]
+    from retrieval.preprocess import PhotoNormaliser
+
+    legacy = manifest.get("normaliser")
+
+    def key(c: Mapping[str, Any], fallback: Any) -> tuple[Any, ...]:
+        prepared = c.get("normaliser") or (fallback if c.get("source") == "image" else None)
+        prep = PhotoNormaliser(**prepared).to_dict() if prepared else None
+        return (c["slot"], c["encoder"], c["revision"], c["dim"], json.dumps(prep))
+
+    built = [key(c, legacy) for c in manifest["slots"]]
+    have = [key(c, None) for c in contract]
     if built != have:
         lines = [f"  built with: {b}" for b in built] + [f"  opened with: {h}" for h in have]
         raise IndexStateError(

@@ -15,6 +15,7 @@ through nearly unchanged, so the step is safe to apply to everything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,10 @@ class PhotoNormaliser:
         max_background: Above this background fraction, the photo is left as is (the
             "product" would be a speck: more likely a mistake than a product).
         edge_px: Background grown into the product's rim by this many work pixels.
+        crop: Crop to the product (with ``margin``). Off, the photo keeps its framing and
+            is only whitened and padded: what suits an encoder of the whole scene (a
+            network that sees how the product sits in the shot), while a descriptor of
+            the product's own colours and their layout wants the crop.
     """
 
     tolerance: float = 40.0
@@ -44,11 +49,17 @@ class PhotoNormaliser:
     work_size: int = 96
     max_background: float = 0.97
     edge_px: int = 1
+    crop: bool = True
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {"tolerance": self.tolerance, "margin": self.margin, "aspect": self.aspect,
                 "work_size": self.work_size, "max_background": self.max_background,
-                "edge_px": self.edge_px}
+                "edge_px": self.edge_px, "crop": self.crop}
+
+    @property
+    def key(self) -> str:
+        """A short, stable name of these settings (to tell prepared variants apart)."""
+        return ",".join(f"{k}={v}" for k, v in self.to_dict().items())
 
 
 def background_mask(rgb: np.ndarray, tolerance: float) -> np.ndarray:
@@ -76,9 +87,49 @@ def normalise(image: Image.Image, settings: PhotoNormaliser | None = None) -> Im
         settings: Normalisation settings; defaults to :class:`PhotoNormaliser`.
 
     Returns:
-        A new RGB image; the product centred on white with a fixed margin.
+        A new RGB image; the product centred on white with a fixed margin (or, with
+        ``crop=False``, in its own framing).
     """
-    s = settings or PhotoNormaliser()
+    return normalise_variants(image, [settings or PhotoNormaliser()])[0]
+
+
+def normalise_variants(image: Image.Image, variants: Sequence[PhotoNormaliser]
+                       ) -> list[Image.Image]:
+    """:func:`normalise` under several settings, finding the background once per mask
+    setting (encoders of one profile may want the photo cropped or not)."""
+    width, height = image.size
+    masks: dict[tuple[float, int, int], tuple[np.ndarray, float]] = {}
+    out = []
+    for s in variants:
+        key = (s.tolerance, s.work_size, s.edge_px)
+        if key not in masks:
+            masks[key] = _small_mask(image, s)
+        mask_small, scale = masks[key]
+        fraction = float(mask_small.mean())
+        if fraction > s.max_background:
+            out.append(_pad_to_aspect(image, s.aspect))
+            continue
+        rgb = np.array(image)
+        if fraction > 0:
+            mask = np.asarray(Image.fromarray(mask_small).resize((width, height),
+                                                                 Image.Resampling.NEAREST))
+            rgb[mask] = WHITE
+        whitened = Image.fromarray(rgb)
+        rows = np.flatnonzero(~mask_small.all(axis=1))
+        cols = np.flatnonzero(~mask_small.all(axis=0))
+        if s.crop and rows.size and cols.size:
+            top, bottom = rows[0] / scale, (rows[-1] + 1) / scale
+            left, right = cols[0] / scale, (cols[-1] + 1) / scale
+            mh, mw = (bottom - top) * s.margin, (right - left) * s.margin
+            box = (max(0, int(left - mw)), max(0, int(top - mh)),
+                   min(width, int(np.ceil(right + mw))),
+                   min(height, int(np.ceil(bottom + mh))))
+            whitened = whitened.crop(box)
+        out.append(_pad_to_aspect(whitened, s.aspect))
+    return out
+
+
+def _small_mask(image: Image.Image, s: PhotoNormaliser) -> tuple[np.ndarray, float]:
     width, height = image.size
     scale = min(1.0, s.work_size / max(width, height))
     small = image if scale == 1.0 else image.resize(
@@ -87,26 +138,7 @@ def normalise(image: Image.Image, settings: PhotoNormaliser | None = None) -> Im
     if s.edge_px and mask_small.any():
         # JPEG and anti-aliasing leave a rim of background colour around the product.
         mask_small = ndimage.binary_dilation(mask_small, iterations=s.edge_px)
-    fraction = float(mask_small.mean())
-    if fraction > s.max_background:
-        return _pad_to_aspect(image, s.aspect)
-    rgb = np.array(image)
-    if fraction > 0:
-        mask = np.asarray(Image.fromarray(mask_small).resize((width, height),
-                                                             Image.Resampling.NEAREST))
-        rgb[mask] = WHITE
-    rows = np.flatnonzero(~mask_small.all(axis=1))
-    cols = np.flatnonzero(~mask_small.all(axis=0))
-    if rows.size and cols.size:
-        top, bottom = rows[0] / scale, (rows[-1] + 1) / scale
-        left, right = cols[0] / scale, (cols[-1] + 1) / scale
-        mh, mw = (bottom - top) * s.margin, (right - left) * s.margin
-        box = (max(0, int(left - mw)), max(0, int(top - mh)),
-               min(width, int(np.ceil(right + mw))), min(height, int(np.ceil(bottom + mh))))
-        cropped = Image.fromarray(rgb).crop(box)
-    else:
-        cropped = Image.fromarray(rgb)
-    return _pad_to_aspect(cropped, s.aspect)
+    return mask_small, scale
 
 
 def _pad_to_aspect(image: Image.Image, aspect: float) -> Image.Image:

@@ -94,11 +94,15 @@ _PRICE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"(?<![\w.]){_MONEY}"), "around"),  # a bare "$80"
 ]
 # Words that carry no product meaning of their own in a refinement ("this but in black").
-_FILLER = frozenset("""a an the this that these those it its one ones same like similar but
-in on of for with to at by as is are be please show me my i we want need looking look find
-get buy something some anything any colour color version instead also just only style kind
-type same different other another more less rather than so very too can could would you
-have has do does one item product""".split())
+_FILLER = frozenset({
+    "a", "an", "the", "this", "that", "these", "those", "it", "its", "one", "ones", "same",
+    "like", "similar", "but", "in", "on", "of", "for", "with", "to", "at", "by", "as", "is",
+    "are", "be", "please", "show", "me", "my", "i", "we", "want", "need", "looking", "look",
+    "find", "get", "buy", "something", "some", "anything", "any", "colour", "color", "version",
+    "instead", "also", "just", "only", "style", "kind", "type", "different", "other", "another",
+    "more", "less", "rather", "than", "so", "very", "too", "can", "could", "would", "you",
+    "have", "has", "do", "does", "item", "product",
+})
 _STOCK = re.compile(r"\b(?:in stock|available now|available)\b")
 _NEGATIONS = {"not", "no", "non", "except", "without", "excluding", "neither"}
 # "not red or blue": a negation carries over a list of values of the same key.

@@ -28,7 +28,7 @@ from retrieval.filters import Filters
 from retrieval.fusion import SlotSpec, WeightedConcatFusion, slot_scores, weighted_score
 from retrieval.images import ImageLimits, ImageSource, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, check_contract, read_manifest
-from retrieval.preprocess import PhotoNormaliser, normalise
+from retrieval.preprocess import PhotoNormaliser, normalise_variants
 from retrieval.profiles import LoadedProfile, Profile, SlotDef
 from retrieval.query import ParsedQuery, QueryParser, Vocabulary
 from retrieval.store import VectorStore, chroma_client
@@ -45,6 +45,13 @@ BOOST = 0.05  # added to the fused score per matched soft preference (usage, sea
 SLOT_LABELS = {"image": "looks like the photo", "colour": "colours match",
                "clip_image": "looks like the photo", "clip_text": "matches the description",
                "text": "matches the words"}
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A query photo after the checks, in each preparation the image slots need."""
+
+    variants: Mapping[PhotoNormaliser, Image.Image]
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,6 @@ class SearchEngine:
         self.weights = self.fusion.weights()
         self.vocabulary = Vocabulary(manifest.get("vocabulary", {}))
         self.parser = QueryParser(self.vocabulary)
-        self.normaliser = PhotoNormaliser(**manifest["normaliser"])
         self.limits = ImageLimits(max_pixels=settings.max_image_pixels,
                                   max_bytes=settings.max_image_bytes,
                                   timeout_s=settings.url_timeout_s, retries=settings.url_retries)
@@ -176,21 +182,25 @@ class SearchEngine:
 
     # -- encoding -------------------------------------------------------------------------
 
-    def prepare_image(self, image: ImageSource) -> Image.Image:
-        """Loads an untrusted query photo with the same checks and normalisation as ingest."""
-        return normalise(load_image(image, self.limits), self.normaliser)
+    def prepare_image(self, image: ImageSource) -> PreparedPhoto:
+        """Loads an untrusted query photo with the same checks and preparations as ingest."""
+        variants = self.profile.profile.photo_variants()
+        photo = load_image(image, self.limits)
+        return PreparedPhoto(dict(zip(variants, normalise_variants(photo, variants),
+                                      strict=True)))
 
-    def encode_query(self, image: Image.Image | None, text: str | None
+    def encode_query(self, image: PreparedPhoto | None, text: str | None
                      ) -> dict[str, np.ndarray]:
         """Slot name -> unit query vector for every slot this query can fill."""
         out: dict[str, np.ndarray] = {}
-        memo: dict[tuple[str, str], np.ndarray] = {}
+        memo: dict[tuple[str, str, PhotoNormaliser | None], np.ndarray] = {}
         for slot, part in self.profile.slots_for_query(image is not None, bool(text)):
-            key = (slot.encoder, part)
+            variant = self.profile.profile.normaliser_of(slot) if part == IMAGE else None
+            key = (slot.encoder, part, variant)
             if key not in memo:
                 encoder = self.profile.encoder(slot)
-                memo[key] = (encoder.encode_images([image])[0] if part == IMAGE  # type: ignore[list-item]
-                             else encoder.encode_texts([text or ""])[0])
+                memo[key] = (encoder.encode_images([image.variants[variant]])[0]  # type: ignore[union-attr,index]
+                             if part == IMAGE else encoder.encode_texts([text or ""])[0])
             if np.any(memo[key]):
                 out[slot.name] = memo[key]
         return out
@@ -377,13 +387,16 @@ def _ms(since: float) -> float:
 
 def _profile_from_manifest(manifest: Mapping[str, Any], settings: Settings) -> LoadedProfile:
     """Loads exactly the encoders an index was built with (from their specs)."""
-    slots = tuple(SlotDef(c["slot"], c["spec"], c["source"], float(c["weight"]),
-                          c.get("describes")) for c in manifest["slots"])
+    legacy = manifest.get("normaliser")  # indexes with one preparation for all image slots
+    slots = tuple(
+        SlotDef(c["slot"], c["spec"], c["source"], float(c["weight"]), c.get("describes"),
+                PhotoNormaliser(**(c.get("normaliser") or legacy))
+                if c["source"] == IMAGE and (c.get("normaliser") or legacy) else None)
+        for c in manifest["slots"])
     encoders: dict[str, Encoder] = {}
     for slot in slots:
         if slot.encoder not in encoders:
             encoders[slot.encoder] = create_encoder(slot.encoder, device=settings.device,
                                                     precision=settings.precision,
                                                     batch_size=settings.batch_size)
-    normaliser = PhotoNormaliser(**manifest["normaliser"])
-    return LoadedProfile(Profile(str(manifest["profile"]), slots, normaliser), encoders)
+    return LoadedProfile(Profile(str(manifest["profile"]), slots), encoders)

@@ -121,15 +121,36 @@ def test_changed_rows_reencode_only_what_changed(tmp_path, settings, clip_profil
 
 
 def test_weight_change_reuses_vectors(settings, clip_profile, catalog, base_settings):
-    from retrieval.profiles import LoadedProfile, Profile, SlotDef
+    import dataclasses
+
+    from retrieval.profiles import LoadedProfile, Profile
 
     ingest(catalog, settings=settings, profile=clip_profile, progress=False)
-    slots = tuple(SlotDef(s.name, s.encoder, s.source, s.weight * 2 if s.name == "text"
-                          else s.weight) for s in clip_profile.profile.slots)
+    slots = tuple(dataclasses.replace(s, weight=s.weight * 2) if s.name == "text" else s
+                  for s in clip_profile.profile.slots)
     reweighted = LoadedProfile(Profile("clip", slots), clip_profile.encoders)
     report = ingest(catalog, settings=settings, profile=reweighted, progress=False)
     assert report.version == "v0002"  # the fused vectors changed...
     assert report.encoded_images == 0 and report.encoded_texts == 0  # ...but nothing re-encoded
+
+
+def test_new_photo_preparation_reencodes_photos_only(settings, clip_profile, catalog):
+    import dataclasses
+
+    from retrieval.preprocess import PhotoNormaliser
+    from retrieval.profiles import LoadedProfile, Profile
+
+    ingest(catalog, settings=settings, profile=clip_profile, progress=False)
+    slots = tuple(dataclasses.replace(s, normaliser=PhotoNormaliser(margin=0.2))
+                  if s.source == "image" else s for s in clip_profile.profile.slots)
+    changed = LoadedProfile(Profile("clip", slots), clip_profile.encoders)
+    report = ingest(catalog, settings=settings, profile=changed, progress=False)
+    assert (report.encoded_images, report.reused_images) == (40, 0)
+    assert (report.encoded_texts, report.reused_texts) == (0, 40)
+    # The index now answers only to the new preparation.
+    with pytest.raises(IndexStateError, match="other encoders"):
+        SearchEngine.open(settings=settings, profile=clip_profile)
+    assert SearchEngine.open(settings=settings, profile=changed).search(text="red").hits
 
 
 def test_old_versions_are_pruned(settings, clip_profile, catalog):

@@ -82,8 +82,10 @@ def test_ingest_and_search_through_a_chroma_server(chroma_server, settings, clip
     assert engine.store.count() == 40
     result = engine.search(text="blue jeans for women", k=5)
     assert result.hits and all(h.product.category == "Jeans" for h in result.hits)
-    photo = engine.search(image=catalog.parent / "images" / "P0004.jpg", k=1)
-    assert photo.hits[0].product.product_id == "P0004"
+    photo = engine.search(image=catalog.parent / "images" / "P0004.jpg", k=2)
+    # P0034 may be drawn pixel-identical to P0004 (same shape, colour and jitter).
+    assert "P0004" in [h.product.product_id for h in photo.hits]
+    assert photo.hits[0].scores["clip_image"] == pytest.approx(1.0, abs=1e-3)
 
     # Old versions' collections are dropped from the server when pruned.
     for _ in range(3):
