@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from retrieval.artifacts import (
     ProductRecords,
@@ -41,6 +39,7 @@ from retrieval.images import ImageError, ImageLimits, is_url, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, read_manifest, write_manifest
 from retrieval.preprocess import PhotoNormaliser, normalise_variants
 from retrieval.profiles import LoadedProfile, load_profile
+from retrieval.progress import progress as progress_bar
 from retrieval.query import Vocabulary
 from retrieval.store import VectorStore, chroma_client
 
@@ -233,7 +232,7 @@ def ingest(
         StoreError: The Chroma server does not answer.
     """
     started = time.perf_counter()
-    show = sys.stderr.isatty() if progress is None else progress
+    show = progress
     layout = IndexLayout(Path(settings.index_dir))
     loaded_catalog = load_catalog(catalog, mapping, limit=limit)
     loaded = profile or load_profile(settings.profile, settings)
@@ -273,7 +272,7 @@ def ingest(
         batch.clear()
 
     workers = max(1, settings.decode_workers)
-    bar = tqdm(total=len(with_image), desc="images", unit="img", disable=not show)
+    bar = progress_bar(len(with_image), "images", "img", show)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         def task(j: int) -> _Prepared:
             i = with_image[j]
@@ -311,7 +310,7 @@ def ingest(
                 slot_vectors[slot.name][i] = cache.vectors[slot.name][row]
             report.reused_texts += 1
     if todo and text_slots:
-        bar = tqdm(total=len(todo), desc="texts", unit="doc", disable=not show)
+        bar = progress_bar(len(todo), "texts", "doc", show)
         step = max(settings.batch_size * 8, 256)
         for start in range(0, len(todo), step):
             rows = todo[start:start + step]
@@ -351,7 +350,7 @@ def ingest(
         client = chroma_client(settings, None if settings.chroma_host else build_dir / "chroma")
         store = VectorStore.create(client, collection, settings.hnsw,
                                    metadata={"shopassist_version": version})
-        bar = tqdm(total=len(products), desc="store", unit="vec", disable=not show)
+        bar = progress_bar(len(products), "store", "vec", show)
         store.add([p.product_id for p in products], fused, [p.metadata() for p in products],
                   progress=bar)
         bar.close()

@@ -266,3 +266,14 @@ def test_jsonl_catalog_with_urls_and_missing_images(tmp_path, settings, clip_pro
     assert not np.any(engine.vectors_of("T1")["clip_image"])
     hits = engine.search(text="shirt", k=2).hits
     assert {h.product.product_id for h in hits} == {"T1", "T3"}
+
+
+def test_progress_is_logged_when_not_on_a_terminal(settings, clip_profile, catalog, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="retrieval.progress"):
+        ingest(catalog, settings=settings, profile=clip_profile, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "retrieval.progress"]
+    assert any(line.startswith("images: 40/40 img (100%") for line in lines), lines
+    assert any(line.startswith("texts: ") for line in lines)
+    assert len([line for line in lines if line.startswith("images:")]) <= 10
