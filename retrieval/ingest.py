@@ -196,7 +196,7 @@ def _encoding_contract(slot: dict[str, Any], manifest: dict[str, Any] | None
     normaliser = slot.get("normaliser")
     if normaliser is None and manifest is not None and slot.get("source") == IMAGE:
         normaliser = manifest.get("normaliser")  # indexes that had one for all slots
-    prepared = PhotoNormaliser(**normaliser) if normaliser is not None else None
+    prepared = PhotoNormaliser.from_dict(normaliser) if normaliser is not None else None
     return (slot.get("spec"), slot["encoder"], slot["revision"], slot["dim"], prepared)
 
 

@@ -225,7 +225,7 @@ def check_contract(manifest: Mapping[str, Any], contract: list[dict[str, Any]]) 
 
     def key(c: Mapping[str, Any], fallback: Any) -> tuple[Any, ...]:
         prepared = c.get("normaliser") or (fallback if c.get("source") == "image" else None)
-        prep = PhotoNormaliser(**prepared).to_dict() if prepared else None
+        prep = PhotoNormaliser.from_dict(prepared).to_dict() if prepared else None
         return (c["slot"], c["encoder"], c["revision"], c["dim"], json.dumps(prep))
 
     built = [key(c, legacy) for c in manifest["slots"]]

@@ -50,11 +50,19 @@ class PhotoNormaliser:
     max_background: float = 0.97
     edge_px: int = 1
     crop: bool = True
+    # Bumped whenever the code's output changes for the same settings: stored vectors of
+    # photos prepared by an older revision are then re-encoded, never mixed.
+    revision: int = 2
 
     def to_dict(self) -> dict[str, float | int | bool]:
         return {"tolerance": self.tolerance, "margin": self.margin, "aspect": self.aspect,
                 "work_size": self.work_size, "max_background": self.max_background,
-                "edge_px": self.edge_px, "crop": self.crop}
+                "edge_px": self.edge_px, "crop": self.crop, "revision": self.revision}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float | int | bool]) -> PhotoNormaliser:
+        """Settings as a manifest recorded them (before revisions were recorded: 1)."""
+        return cls(**{"revision": 1, **data})  # type: ignore[arg-type]
 
     @property
     def key(self) -> str:
@@ -104,13 +112,15 @@ def normalise_variants(image: Image.Image, variants: Sequence[PhotoNormaliser]
         key = (s.tolerance, s.work_size, s.edge_px)
         if key not in masks:
             masks[key] = _small_mask(image, s)
-        mask_small, scale = masks[key]
+        mask_small, scale, on_white = masks[key]
         fraction = float(mask_small.mean())
         if fraction > s.max_background:
             out.append(_pad_to_aspect(image, s.aspect))
             continue
         rgb = np.array(image)
-        if fraction > 0:
+        # Already on white (every catalog shot): painting would only eat the product's rim
+        # and its white parts that touch the border.
+        if fraction > 0 and not on_white:
             mask = np.asarray(Image.fromarray(mask_small).resize((width, height),
                                                                  Image.Resampling.NEAREST))
             rgb[mask] = WHITE
@@ -129,16 +139,19 @@ def normalise_variants(image: Image.Image, variants: Sequence[PhotoNormaliser]
     return out
 
 
-def _small_mask(image: Image.Image, s: PhotoNormaliser) -> tuple[np.ndarray, float]:
+def _small_mask(image: Image.Image, s: PhotoNormaliser) -> tuple[np.ndarray, float, bool]:
+    """The background mask at work size, the scale, and whether the background is white."""
     width, height = image.size
     scale = min(1.0, s.work_size / max(width, height))
-    small = image if scale == 1.0 else image.resize(
-        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
-    mask_small = background_mask(np.asarray(small), s.tolerance)
+    small = np.asarray(image if scale == 1.0 else image.resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR))
+    mask_small = background_mask(small, s.tolerance)
+    on_white = bool(mask_small.any()) and bool(
+        np.linalg.norm(np.median(small[mask_small], axis=0) - np.array(WHITE)) <= s.tolerance / 2)
     if s.edge_px and mask_small.any():
         # JPEG and anti-aliasing leave a rim of background colour around the product.
         mask_small = ndimage.binary_dilation(mask_small, iterations=s.edge_px)
-    return mask_small, scale
+    return mask_small, scale, on_white
 
 
 def _pad_to_aspect(image: Image.Image, aspect: float) -> Image.Image:

@@ -277,3 +277,17 @@ def test_progress_is_logged_when_not_on_a_terminal(settings, clip_profile, catal
     assert any(line.startswith("images: 40/40 img (100%") for line in lines), lines
     assert any(line.startswith("texts: ") for line in lines)
     assert len([line for line in lines if line.startswith("images:")]) <= 10
+
+
+def test_photos_prepared_by_an_older_revision_are_reencoded(settings, clip_profile, catalog):
+    ingest(catalog, settings=settings, profile=clip_profile, progress=False)
+    path = IndexLayout(settings.index_dir).version_dir() / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for slot in manifest["slots"]:
+        if slot["normaliser"]:
+            del slot["normaliser"]["revision"]  # as written before revisions existed
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexStateError, match="other encoders"):
+        SearchEngine.open(settings=settings, profile=clip_profile)
+    report = ingest(catalog, settings=settings, profile=clip_profile, progress=False)
+    assert (report.encoded_images, report.reused_texts) == (40, 40)

@@ -193,3 +193,17 @@ def test_to_dict_records_every_setting() -> None:
     data = settings.to_dict()
     assert data["tolerance"] == 30.0 and data["margin"] == 0.1
     assert set(data) == set(PhotoNormaliser.__dataclass_fields__)
+
+
+def test_a_photo_already_on_white_is_not_painted() -> None:
+    """Catalog shots are on white: whitening would only eat the product's rim and the
+    white parts that touch the border, so the pixels stay as they are."""
+    photo = Image.new("RGB", (60, 80), (255, 255, 255))
+    pixels = np.asarray(photo).copy()
+    pixels[10:70, 15:45] = (30, 60, 200)  # a blue garment
+    pixels[60:80, 20:40] = (244, 244, 240)  # off-white trousers touching the bottom edge
+    photo = Image.fromarray(pixels)
+    uncropped = normalise(photo, PhotoNormaliser(crop=False))
+    np.testing.assert_array_equal(np.asarray(uncropped), pixels)
+    cropped = normalise(photo)  # still cropped to the product
+    assert cropped.size != photo.size
