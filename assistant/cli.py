@@ -1,0 +1,114 @@
+"""The assistant's ``shopassist`` sub-commands (found through the ``shopassist.commands``
+entry point group): ``logs purge`` and ``logs export`` over the event log.
+
+Heavy imports (SQLAlchemy, pyarrow) happen inside the handlers, so listing the commands
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def register(sub: Any) -> None:
+    """Entry point for ``shopassist.commands``: adds ``logs purge`` and ``logs export``."""
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", metavar="URL", help="event log database URL (default: "
+                    "settings.log_db, $SHOPASSIST_LOG_DB, sqlite:///data/events.sqlite)")
+    db.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    logs = sub.add_parser("logs", help="event log: purge old events, export for analysts",
+                          description="Maintain the event log (conversations, searches, "
+                          "impressions and feedback; personal data is masked when written).")
+    actions = logs.add_subparsers(dest="logs_command", metavar="ACTION", required=True)
+
+    p = actions.add_parser("purge", parents=[db], help="delete events older than a duration",
+                           description="Delete every event older than the duration, with "
+                           "the rows that depend on it (a conversation with its messages, "
+                           "tool calls, searches and feedback).")
+    p.add_argument("--older-than", required=True, metavar="DURATION",
+                   help="e.g. 90d, 12h, 2w, 1d12h")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.set_defaults(handler=cmd_logs_purge)
+
+    p = actions.add_parser("export", parents=[db], help="write tables to Parquet or CSV",
+                           description="Write each event log table to OUT/<table>.<format> "
+                           "plus OUT/manifest.json.")
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet",
+                   help="file format (default: parquet)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--since", metavar="TIME", help="only events at or after TIME: a duration "
+                   "ago (7d) or an ISO date (2024-05-01)")
+    p.add_argument("--until", metavar="TIME", help="only events before TIME (same forms)")
+    p.add_argument("--tables", metavar="NAMES", help="comma-separated tables (default: all)")
+    p.set_defaults(handler=cmd_logs_export)
+
+
+def _open_log(args: argparse.Namespace) -> Any:
+    from assistant.config import load_assistant_settings
+    from assistant.eventlog.store import EventLog
+
+    settings = load_assistant_settings(getattr(args, "config", None), log_db=args.db)
+    # Maintenance never creates a log: a mistyped --db should fail, not purge an empty file.
+    return EventLog.open(settings.log_db, create=False)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_logs_purge(args: argparse.Namespace) -> int:
+    """``shopassist logs purge --older-than 90d [--db URL] [--dry-run] [--json]``."""
+    from assistant.eventlog.engine import EventLogError
+    from assistant.eventlog.retention import parse_duration, purge
+
+    try:
+        age = parse_duration(args.older_than)
+        with _open_log(args) as log:
+            counts = purge(log, age, dry_run=args.dry_run)
+            where = log.url
+    except EventLogError as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps({"db": where, "older_than": args.older_than, "dry_run": args.dry_run,
+                          "deleted": counts}, indent=2))
+        return 0
+    verb = "Would delete" if args.dry_run else "Deleted"
+    print(f"{verb} events older than {args.older_than} from {where}:")
+    for table, n in counts.items():
+        print(f"  {table:<14} {n:>9}")
+    return 0
+
+
+def cmd_logs_export(args: argparse.Namespace) -> int:
+    """``shopassist logs export --format parquet|csv --out DIR [--since T] [--db URL]``."""
+    from assistant.eventlog.engine import EventLogError
+    from assistant.eventlog.retention import export, parse_time
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+    try:
+        with _open_log(args) as log:
+            written = export(log, args.out, fmt=args.format, since=since, until=until,
+                             tables=tables)
+            where = log.url
+    except EventLogError as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps({"db": where, "format": args.format,
+                          "since": since.isoformat() if since else None,
+                          "until": until.isoformat() if until else None,
+                          "tables": {n: {"path": str(e.path), "rows": e.rows}
+                                     for n, e in written.items()}}, indent=2))
+        return 0
+    print(f"Exported {where} to {args.out}:")
+    for name, exported in written.items():
+        print(f"  {name:<14} {exported.rows:>9} rows  {exported.path}")
+    return 0

@@ -1,0 +1,139 @@
+"""Connecting to the event log database: the engine, SQLite's settings, the schema check.
+
+SQLite gets WAL journal mode (readers never block the writer), foreign keys, a busy
+timeout and secure deletes, all set on every new connection by a ``connect`` event, plus
+``BEGIN IMMEDIATE`` for write transactions. Other databases (PostgreSQL) get a plain engine:
+nothing in the writer or the readers is SQLite-specific SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import StaticPool
+
+from assistant.eventlog.schema import SCHEMA_VERSION, TABLES, meta, metadata, utcnow
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///data/events.sqlite"
+SQLITE_BUSY_TIMEOUT_S = 30
+WRITE_OPTION = "eventlog_write"  # execution option marking a transaction that writes
+
+
+class EventLogError(RuntimeError):
+    """The event log database cannot be used as asked (missing, foreign, or a bad reference)."""
+
+
+class SchemaVersionError(EventLogError):
+    """The database was written by a different version of the event log schema."""
+
+
+def is_memory(url: URL) -> bool:
+    """Whether ``url`` names an in-memory SQLite database."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, *, memory: bool) -> None:
+    # Let SQLAlchemy's "begin" hook emit BEGIN, so transactions (and DDL) behave as written.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        # Purged rows are overwritten on disk, not left readable in free pages.
+        cursor.execute("PRAGMA secure_delete=ON")
+        if not memory:
+            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("SQLite refused WAL journal mode (got %s); readers will block "
+                               "the writer", mode)
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, far fewer fsyncs
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that reads first and
+    # then writes fails at once with SQLITE_BUSY instead of waiting on the busy timeout.
+    write = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def connect(url: URL, *, create: bool, **kwargs: Any) -> Engine:
+    """Creates the engine for ``url``, with SQLite's settings where it is SQLite.
+
+    Args:
+        url: The parsed database URL.
+        create: Whether a missing SQLite file (and its folder) may be created.
+        **kwargs: Passed to ``sqlalchemy.create_engine``.
+
+    Returns:
+        The engine.
+
+    Raises:
+        EventLogError: The SQLite file is missing and ``create`` is false.
+    """
+    if url.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+    memory = is_memory(url)
+    if memory:  # one shared connection; EventLog serialises every use of it
+        kwargs.setdefault("poolclass", StaticPool)
+        kwargs.setdefault("connect_args", {"check_same_thread": False})
+    else:
+        path = Path(str(url.database))
+        if not path.exists():
+            if not create:
+                raise EventLogError(f"No event log at {path}. Check --db or SHOPASSIST_LOG_DB; "
+                                    "the app creates the file on first use.")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_S})
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", lambda dbapi, _record: _sqlite_pragmas(dbapi, memory=memory))
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def prepare_schema(conn: Connection, *, where: str, create: bool) -> None:
+    """Checks the recorded schema version and creates missing tables (in ``conn``'s transaction).
+
+    Args:
+        conn: A connection inside a write transaction.
+        where: The database, as shown in messages (password hidden).
+        create: Whether an empty database may be given the event log tables.
+
+    Raises:
+        EventLogError: The database holds same-named tables that are not an event log, or
+            no event log while ``create`` is false.
+        SchemaVersionError: The recorded schema version is not this code's.
+    """
+    inspector = inspect(conn)
+    version = None
+    if inspector.has_table(meta.name):
+        version = conn.execute(
+            select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if version is None:
+        clashing = [name for name in TABLES if inspector.has_table(name)]
+        if clashing:
+            raise EventLogError(
+                f"{where} already has tables {clashing} that are not an event log (no "
+                f"{meta.name} schema version). Use a separate database.")
+        if not create:
+            raise EventLogError(f"{where} holds no event log. Check --db or SHOPASSIST_LOG_DB.")
+    elif int(version) != SCHEMA_VERSION:
+        newer = int(version) > SCHEMA_VERSION
+        raise SchemaVersionError(
+            f"The event log at {where} has schema version {version}, but this code reads "
+            f"version {SCHEMA_VERSION}. "
+            + ("Upgrade shop-assistant to open it." if newer else
+               "No migration exists for it; export it and start a new log."))
+    metadata.create_all(conn)
+    if version is None:
+        conn.execute(meta.insert(), [
+            {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+            {"key": "created_at", "value": utcnow().isoformat()}])
