@@ -29,9 +29,13 @@ class AssistantSettings:
     Attributes:
         log_db: SQLAlchemy URL of the event log: an SQLite file (the default) or
             ``postgresql+psycopg://user@host/db``.
+        max_tool_calls: Tool calls allowed per turn; past it the turn ends politely.
+        turn_seconds: Time allowed per turn (model and tools); past it likewise.
     """
 
     log_db: str = "sqlite:///data/events.sqlite"
+    max_tool_calls: int = 6
+    turn_seconds: float = 60.0
 
     def replace(self, **changes: Any) -> AssistantSettings:
         """Returns a copy with ``changes`` applied (``None`` values are ignored)."""
