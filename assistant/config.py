@@ -13,7 +13,7 @@ import dataclasses
 import os
 import tomllib
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,30 @@ class AssistantSettings:
             ``postgresql+psycopg://user@host/db``.
         max_tool_calls: Tool calls allowed per turn; past it the turn ends politely.
         turn_seconds: Time allowed per turn (model and tools); past it likewise.
+        llm: The LLM backend: ``rules`` (no LLM, the rule-based planner),
+            ``hf:<model id or folder>`` (local ``transformers`` model; ``hf:`` alone is
+            ``Qwen/Qwen2.5-1.5B-Instruct``) or ``openai:<model>`` (an OpenAI-compatible server
+            at ``llm_base_url``).
+        llm_base_url: API root of the OpenAI-compatible server, e.g.
+            ``http://127.0.0.1:8000/v1`` (vLLM), ``http://127.0.0.1:11434/v1`` (Ollama);
+            unset means ``$OPENAI_BASE_URL`` or OpenAI's.
+        llm_api_key: Key for that server (local servers need none); unset means
+            ``$OPENAI_API_KEY``. Never shown in the settings' repr.
+        llm_timeout_s: Seconds one LLM reply may take; past it the turn falls back to rules.
+        llm_max_new_tokens: Longest LLM reply, in tokens.
+        llm_load_in_4bit: ``hf:`` only: load in 4-bit through bitsandbytes; unset (or
+            ``auto``) means 4-bit on a CUDA GPU when bitsandbytes is installed.
     """
 
     log_db: str = "sqlite:///data/events.sqlite"
     max_tool_calls: int = 6
     turn_seconds: float = 60.0
+    llm: str = "rules"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_timeout_s: float = 60.0
+    llm_max_new_tokens: int = 512
+    llm_load_in_4bit: bool | None = None
 
     def replace(self, **changes: Any) -> AssistantSettings:
         """Returns a copy with ``changes`` applied (``None`` values are ignored)."""
@@ -43,6 +62,11 @@ class AssistantSettings:
 
 
 def _coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
+    members = typing.get_args(annotation)
+    if type(None) in members:  # ``X | None``: "", "auto" and "none" mean unset
+        if isinstance(value, str) and value.strip().lower() in {"", "auto", "none"}:
+            return None
+        annotation = next(m for m in members if m is not type(None))
     target = {"str": str, "int": int, "float": float, "bool": bool}.get(str(annotation),
                                                                          annotation)
     if target is bool:
