@@ -174,12 +174,14 @@ class ShopAssistant:
         llm_name: How to call the model in logs and the UI (e.g. ``hf:Qwen/...``).
         log: Event log (optional).
         settings: Budgets and backend settings.
+        notice: What the UI should tell users about the backend (e.g. "no LLM: rules").
     """
 
     def __init__(self, engine: SearchEngine, *, llm: BaseChatModel | None = None,
                  llm_name: str = "rules", log: Any = None,
-                 settings: AssistantSettings | None = None) -> None:
+                 settings: AssistantSettings | None = None, notice: str | None = None) -> None:
         self.engine = engine
+        self.notice = notice
         self.llm = llm
         self.llm_name = llm_name if llm is not None else "rules"
         self.log = log
@@ -258,6 +260,43 @@ class Conversation:
             self._log_message("assistant", result.answer, [], backend=backend,
                               fallback=fallback, guards=result.guards)
             return result
+
+    def act(self, tool: str, arguments: dict[str, Any]) -> TurnResult:
+        """Runs one tool directly for a UI action ("similar", "goes with", removing a
+        filter chip): no model involved, but the same validation, policy and logging.
+
+        Raises:
+            ToolInputError: The arguments or the product id are refused.
+        """
+        with self._lock:
+            started = time.perf_counter()
+            self._log_start()
+            error = None
+            try:
+                result = self.tools.run(tool, arguments)
+            except ToolInputError as exc:
+                error = str(exc)
+                raise
+            finally:
+                self._on_tool(ToolCallRecord(tool, dict(arguments),
+                                             (time.perf_counter() - started) * 1000, error))
+            return TurnResult(
+                answer="", products=list(result.get("results", [])),
+                tool_calls=[ToolCallRecord(tool, dict(arguments),
+                                           (time.perf_counter() - started) * 1000)],
+                backend="ui", query_ids=[str(result["query_id"])] if "query_id" in result
+                else [], filters=list(result.get("filters", [])),
+                relaxed=list(result.get("relaxed", [])),
+                seconds=time.perf_counter() - started)
+
+    def feedback(self, kind: str, *, product_id: str, query_id: str | None = None,
+                 dwell_ms: float | None = None) -> None:
+        """Records a shopper's reaction to a shown product (click, add_to_cart, purchase,
+        dwell, thumbs_up, thumbs_down)."""
+        if self.assistant.log is None:
+            return
+        self.assistant.log.log_feedback(kind, query_id=query_id, product_id=product_id,
+                                        dwell_ms=dwell_ms)
 
     # -- internals ------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The assistant's ``shopassist`` sub-commands (found through the ``shopassist.commands``
-entry point group): ``logs purge`` and ``logs export`` over the event log.
+entry point group): ``chat`` (one turn or an interactive session), and ``logs purge`` /
+``logs export`` over the event log.
 
 Heavy imports (SQLAlchemy, pyarrow) happen inside the handlers, so listing the commands
 stays fast.
@@ -16,7 +17,24 @@ EXIT_USAGE = 2
 
 
 def register(sub: Any) -> None:
-    """Entry point for ``shopassist.commands``: adds ``logs purge`` and ``logs export``."""
+    """Entry point for ``shopassist.commands``: adds ``chat``, ``logs purge|export``."""
+    p = sub.add_parser("chat", help="talk to the shopping assistant",
+                       description="One turn with --message (and --image); an interactive "
+                       "session without it. Type '/photo PATH' to attach a photo to your "
+                       "next message, '/quit' to leave.")
+    p.add_argument("--index", help="index folder (default: settings.index_dir)")
+    p.add_argument("--llm", metavar="SPEC", help="rules, hf:<model id or folder>, or "
+                   "openai:<model> (with SHOPASSIST_LLM_BASE_URL); default: settings.llm")
+    p.add_argument("--persona", choices=["shopper", "support"], default="shopper")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="photo to send with --message (repeatable)")
+    p.add_argument("--message", help="send one message and print the answer")
+    p.add_argument("--json", action="store_true",
+                   help="with --message: print answer, tool calls and products as JSON")
+    p.add_argument("--no-log", action="store_true", help="do not record the conversation")
+    p.add_argument("--device", help="auto, cpu, cuda, mps")
+    p.set_defaults(handler=cmd_chat)
+
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument("--db", metavar="URL", help="event log database URL (default: "
                     "settings.log_db, $SHOPASSIST_LOG_DB, sqlite:///data/events.sqlite)")
@@ -47,6 +65,69 @@ def register(sub: Any) -> None:
     p.add_argument("--until", metavar="TIME", help="only events before TIME (same forms)")
     p.add_argument("--tables", metavar="NAMES", help="comma-separated tables (default: all)")
     p.set_defaults(handler=cmd_logs_export)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """``shopassist chat [--index DIR] [--llm SPEC] [--image PATH] [--message TEXT]``."""
+    from assistant.factory import build_assistant
+    from retrieval.images import ImageError
+
+    if (args.image or args.json) and args.message is None:
+        print("error: --image and --json go with --message (one turn).", file=sys.stderr)
+        return EXIT_USAGE
+    assistant = build_assistant(config=getattr(args, "config", None), index_dir=args.index,
+                                llm=args.llm, device=args.device, with_log=not args.no_log)
+    if assistant.notice and not args.json:
+        print(f"note: {assistant.notice}", file=sys.stderr)
+    chat = assistant.conversation(persona=args.persona)
+    if args.message is not None:
+        try:
+            result = chat.turn(args.message, photos=args.image)
+        except ImageError as exc:
+            return _fail(exc)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+        else:
+            _print_turn(result)
+        return 0
+    return _interactive(chat)
+
+
+def _print_turn(result: Any) -> None:
+    print(result.answer)
+    if result.fallback_reason:
+        print(f"(the language model failed: {result.fallback_reason}; answered by rules)",
+              file=sys.stderr)
+
+
+def _interactive(chat: Any) -> int:
+    from retrieval.images import ImageError
+
+    print("Shop assistant. Ask for products, send '/photo PATH' to attach a photo, "
+          "'/quit' to leave.")
+    photos: list[str] = []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line in ("/quit", "/exit"):
+            return 0
+        if line.startswith("/photo "):
+            photos.append(line[len("/photo "):].strip())
+            print(f"(photo attached: {photos[-1]}; now type your message)")
+            continue
+        if not line and not photos:
+            continue
+        try:
+            result = chat.turn(line, photos=photos)
+        except ImageError as exc:
+            print(f"That photo can't be used: {exc}")
+            photos = []
+            continue
+        photos = []
+        print("assistant> " + result.answer.replace("\n", "\n           "))
 
 
 def _open_log(args: argparse.Namespace) -> Any:

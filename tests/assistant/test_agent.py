@@ -158,3 +158,24 @@ def test_html_and_foreign_links_never_reach_the_shopper(engine, log):
     assert "<" not in result.answer and "evil" not in result.answer
     assert result.answer.startswith("Hi") and "deal" in result.answer
     assert {"html", "links"} <= set(result.guards)
+
+
+def test_ui_actions_run_tools_directly_and_feedback_is_logged(engine, log):
+    bot = assistant_with(engine, log, [
+        call("text_search", {"query": "blue jeans for women", "k": 3}),
+        AIMessage(content="Here you are."),
+    ])
+    chat = bot.conversation()
+    first = chat.turn("blue jeans for women")
+    pid = first.products[0]["id"]
+    more = chat.act("recommend", {"product_id": pid, "mode": "similar", "k": 4})
+    assert more.products and pid not in [p["id"] for p in more.products]
+    assert more.query_ids
+    chat.feedback("add_to_cart", product_id=more.products[0]["id"],
+                  query_id=more.query_ids[0])
+    counts = log.feedback_counts()
+    assert counts.get("add_to_cart") == 1
+    from assistant.tools import ToolInputError
+
+    with pytest.raises(ToolInputError, match="has not been shown"):
+        chat.act("product_details", {"product_id": "P0035"})
