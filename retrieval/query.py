@@ -41,6 +41,11 @@ SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
         "boys": ("Boys",), "boy": ("Boys",), "girls": ("Girls",), "girl": ("Girls",),
         "kids": ("Boys", "Girls"), "kid": ("Boys", "Girls"), "children": ("Boys", "Girls"),
         "child": ("Boys", "Girls"), "unisex": ("Unisex",),
+        "guys": ("Men",), "guy": ("Men",), "gentlemen": ("Men",), "gentleman": ("Men",),
+        "husband": ("Men",), "boyfriend": ("Men",), "dad": ("Men",), "father": ("Men",),
+        "brother": ("Men",), "wife": ("Women",), "girlfriend": ("Women",), "mom": ("Women",),
+        "mum": ("Women",), "mother": ("Women",), "sister": ("Women",), "son": ("Boys",),
+        "daughter": ("Girls",),
     },
     "category": {
         "tee": ("Tshirts",), "tees": ("Tshirts",), "t-shirt": ("Tshirts",),
@@ -54,12 +59,33 @@ SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
         "tank top": ("Tshirts", "Tops"), "frock": ("Dresses",), "specs": ("Sunglasses",),
         "cap": ("Caps",), "hat": ("Caps", "Hat"), "jacket": ("Jackets",), "coat": ("Jackets",),
         "shoe": ("Casual Shoes", "Sports Shoes", "Formal Shoes"),
+        "running shoes": ("Sports Shoes",), "running shoe": ("Sports Shoes",),
+        "gym shoes": ("Sports Shoes",), "training shoes": ("Sports Shoes",),
+        "jogging shoes": ("Sports Shoes",),
     },
     "usage": {"sport": ("Sports",), "sporty": ("Sports",), "office": ("Formal",),
               "work": ("Formal",), "wedding": ("Ethnic", "Party"), "festive": ("Ethnic",)},
     "season": {"autumn": ("Fall",), "spring": ("Spring",), "winter": ("Winter",),
                "summer": ("Summer",), "rainy": ("Fall",)},
 }
+
+# The last word of a multi-word category stands for it ("shoes" -> every "... Shoes"),
+# except words too generic to name a product on their own ("long sleeve shirt" is not a
+# "Tablet Sleeve", "a different colour" not "Hair Colour", "gift" not "Free Gifts").
+_GENERIC_LAST_WORDS = frozenset({
+    "sleeve", "sleeves", "colour", "colours", "color", "colors", "suit", "suits", "set",
+    "sets", "gift", "gifts", "kit", "kits", "care", "accessory", "accessories", "essentials",
+    "cover", "covers"})
+# Singulars that are everyday adjectives ("short dress", "tight fit"), not the category.
+_NOT_SINGULAR = frozenset({"short", "tight"})
+# Typo tolerance: only two neighbouring letters swapped ("tshrit", "balck"), in words of
+# five letters or more. Wider corrections (a missing, doubled or wrong letter) turn common
+# words into catalog values without a dictionary to tell them apart ("back" -> Black,
+# "stock" -> Socks, "woven" -> Women: about 50 to 170 of 22k English words, depending on
+# the rule, against the fashion catalog), so they are not made.
+_TYPO_MIN = 5
+_NOT_TYPOS = frozenset({"causal"})
+_ALL_BUT = frozenset({"anything", "everything", "all"})  # "anything but blue" negates
 
 # A number with an optional currency around it; _MONEY requires the currency (or a "k"),
 # so that "size 8-10" or "from 2012" are not read as prices. Each has two groups: the
@@ -157,6 +183,25 @@ def _singular(word: str) -> str:
     return word
 
 
+def _plural(word: str) -> str:
+    if word.endswith("s") and not word.endswith("ss"):
+        return word
+    if word.endswith(("ss", "x", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _swapped(word: str, target: str) -> bool:
+    """Whether ``word`` is ``target`` with two neighbouring letters swapped."""
+    if len(word) != len(target):
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(word, target, strict=True)) if a != b]
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and \
+        word[diff[0]] == target[diff[1]] and word[diff[1]] == target[diff[0]]
+
+
 def _norm(phrase: str) -> str:
     return " ".join(_WORD.findall(phrase.lower()))
 
@@ -192,12 +237,16 @@ class QueryParser:
         self._phrases: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._build()
 
-    def _add(self, phrase: str, key: str, values: tuple[str, ...], *, exact: bool) -> None:
+    def _add(self, phrase: str, key: str, values: tuple[str, ...], *, exact: bool,
+             part: bool = False) -> None:
         phrase = _norm(phrase)
         if not phrase or not values:
             return
         current = self._phrases.get(phrase)
-        rank = (0 if exact else 1, KEY_PRIORITY.index(key) if key in KEY_PRIORITY else 99)
+        # A part of a name ("dupatta" of "Salwar and Dupatta") yields to a value named
+        # exactly so under the same key, not to another key.
+        rank = (0 if exact else 1, KEY_PRIORITY.index(key) if key in KEY_PRIORITY else 99,
+                1 if part else 0)
         if current is not None:
             old_key, _ = current
             old_rank = self._ranks[phrase]
@@ -210,24 +259,53 @@ class QueryParser:
         self._ranks[phrase] = rank
 
     def _build(self) -> None:
-        self._ranks: dict[str, tuple[int, int]] = {}
+        self._ranks: dict[str, tuple[int, int, int]] = {}
         vocab = self.vocabulary.values
         for key in KEY_PRIORITY:
             for value in vocab.get(key, []):
                 low = _norm(value)
                 self._add(low, key, (value,), exact=True)
+                names = [low]
+                if key == "category" and " and " in f" {low} ":
+                    # "Necklace and Chains": "necklace" and "chains" each name it.
+                    names += [part.strip() for part in f" {low} ".split(" and ") if part.strip()]
+                for n, name in enumerate(names):
+                    words = name.split()
+                    if not words:
+                        continue
+                    head, last = words[:-1], words[-1]
+                    forms = [name]
+                    if _singular(last) not in _NOT_SINGULAR:
+                        forms.append(" ".join([*head, _singular(last)]))
+                    if key in ("category", "subcategory"):
+                        forms.append(" ".join([*head, _plural(last)]))
+                    for form in forms:
+                        self._add(form, key, (value,), exact=True, part=n > 0)
                 words = low.split()
-                singular = " ".join([*words[:-1], _singular(words[-1])]) if words else low
-                self._add(singular, key, (value,), exact=True)
                 if key == "category" and len(words) > 1:
                     # "shoes" / "shoe" -> every "... Shoes" category
-                    self._add(words[-1], key, (value,), exact=False)
-                    self._add(_singular(words[-1]), key, (value,), exact=False)
+                    if words[-1] not in _GENERIC_LAST_WORDS:
+                        self._add(words[-1], key, (value,), exact=False)
+                        if _singular(words[-1]) not in _NOT_SINGULAR:
+                            self._add(_singular(words[-1]), key, (value,), exact=False)
                     self._add(low.replace(" ", ""), key, (value,), exact=True)
             for phrase, targets in SYNONYMS.get(key, {}).items():
                 have = tuple(t for t in targets if t in vocab.get(key, []))
                 self._add(phrase, key, have, exact=False)
         self._max_words = max((len(p.split()) for p in self._phrases), default=1)
+        # Typo candidates: single-word phrases, by their sorted letters (a swap keeps them).
+        self._typo_index: dict[str, list[str]] = {}
+        for phrase in self._phrases:
+            if " " not in phrase and phrase.isalpha() and len(phrase) >= _TYPO_MIN:
+                self._typo_index.setdefault("".join(sorted(phrase)), []).append(phrase)
+
+    def _typo(self, token: str) -> str | None:
+        """The vocabulary word ``token`` is a letter swap away from, if exactly one."""
+        if len(token) < _TYPO_MIN or not token.isalpha() or token in _NOT_TYPOS:
+            return None
+        found = [p for p in self._typo_index.get("".join(sorted(token)), [])
+                 if _swapped(token, p)]
+        return found[0] if len({self._phrases[p] for p in found}) == 1 else None
 
     def parse(self, text: str) -> ParsedQuery:
         """Reads constraints from ``text``.
@@ -276,10 +354,16 @@ class QueryParser:
             for size in range(min(self._max_words, len(tokens) - i), 0, -1):
                 phrase = " ".join(tokens[i:i + size])
                 hit = self._phrases.get(phrase)
+                if hit is None and size == 1:
+                    corrected = self._typo(phrase)
+                    hit = self._phrases[corrected] if corrected else None
                 if hit is None:
                     continue
                 key, values = hit
-                negated = i > 0 and tokens[i - 1] in _NEGATIONS
+                # "not red", "anything but red", "not in red"
+                negated = i > 0 and (tokens[i - 1] in _NEGATIONS or (
+                    i > 1 and ((tokens[i - 1] == "but" and tokens[i - 2] in _ALL_BUT)
+                               or (tokens[i - 1] == "in" and tokens[i - 2] in _NEGATIONS))))
                 if not negated and previous is not None:
                     last, end = previous
                     negated = (last.negated and last.key == key

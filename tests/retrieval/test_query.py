@@ -8,7 +8,8 @@ from retrieval.filters import ColumnTable, Filters
 from retrieval.query import Match, QueryParser, Vocabulary
 
 FASHION = {
-    "colour": ["Red", "Navy Blue", "Blue", "Black", "White", "Grey", "Off White", "Maroon"],
+    "colour": ["Red", "Navy Blue", "Blue", "Black", "White", "Grey", "Off White", "Maroon",
+               "Cream"],
     "gender": ["Men", "Women", "Boys", "Girls", "Unisex"],
     "category": ["Tshirts", "Shirts", "Dresses", "Jeans", "Casual Shoes", "Sports Shoes",
                  "Formal Shoes", "Heels", "Watches", "Handbags", "Track Pants", "Trousers"],
@@ -223,6 +224,7 @@ def test_price_match_is_recorded(parser: QueryParser) -> None:
     ("not red dress or blue", {"colour": ("Red",)},  # the list is broken by "dress"
      {"category": ("Dresses",), "colour": ("Blue",)}),
     ("not for men", {}, {"gender": ("Men",)}),  # only the word right after negates
+    ("kurtis, not in white or cream", {"colour": ("White", "Cream")}, {}),  # ... or "in"
 ])
 def test_negation(parser: QueryParser, text: str, exclude: dict, include: dict) -> None:
     filters = parser.parse(text).filters
@@ -317,3 +319,90 @@ def test_parser_describe(parser: QueryParser) -> None:
 def test_more_numbers_that_are_not_prices(parser, text):
     filters = parser.parse(text).filters
     assert (filters.price_min, filters.price_max) == (None, None)
+
+
+# --- fixes found by the planner's labelled shopper messages ---------------------------------
+
+FASHION_MORE = dict(FASHION, category=[
+    *FASHION["category"], "Tablet Sleeve", "Hair Colour", "Night suits", "Free Gifts",
+    "Accessory Gift Set", "Lip Care", "Tights", "Shorts", "Necklace and Chains",
+    "Perfume and Body Mist", "Ring", "Bra", "Socks", "Dupatta", "Salwar and Dupatta"],
+    subcategory=[*FASHION["subcategory"], "Perfumes"])
+
+
+@pytest.fixture(scope="module")
+def wide_parser() -> QueryParser:
+    return QueryParser(Vocabulary(FASHION_MORE))
+
+
+@pytest.mark.parametrize(("text", "include"), [
+    ("long sleeve shirt", {"category": ("Shirts",)}),  # not "Tablet Sleeve"
+    ("in a different colour", {}),  # not "Hair Colour"
+    ("hair colour", {"category": ("Hair Colour",)}),
+    ("a black suit", {"colour": ("Black",)}),  # not "Night suits"
+    ("a gift for my wife", {"gender": ("Women",)}),  # not "Free Gifts"
+    ("easy care shirt", {"category": ("Shirts",)}),  # not "Lip Care"
+    ("tight jeans", {"category": ("Jeans",)}),  # an adjective, not "Tights"
+    ("short dress", {"category": ("Dresses",)}),  # not "Shorts"
+    ("shorts", {"category": ("Shorts",)}),
+    ("tights", {"category": ("Tights",)}),
+])
+def test_generic_words_do_not_name_a_category(wide_parser: QueryParser, text: str,
+                                              include: dict) -> None:
+    assert dict(wide_parser.parse(text).filters.include) == include
+
+
+@pytest.mark.parametrize(("text", "category"), [
+    ("dupatta", ("Dupatta",)),  # a category of that name wins over "Salwar and Dupatta"
+    ("salwar and dupatta", ("Salwar and Dupatta",)),
+    ("gold necklace", ("Necklace and Chains",)),  # each part of "X and Y" names it
+    ("chains", ("Necklace and Chains",)),
+    ("perfume for men", ("Perfume and Body Mist",)),  # wins over the 6-item subcategory
+    ("rings", ("Ring",)),  # plurals of singular category names
+    ("bras", ("Bra",)),
+    ("running shoes", ("Sports Shoes",)),
+])
+def test_category_names_and_their_forms(wide_parser: QueryParser, text: str,
+                                        category: tuple[str, ...]) -> None:
+    assert wide_parser.parse(text).filters.include["category"] == category
+
+
+@pytest.mark.parametrize(("text", "gender"), [
+    ("black tee for guys", ("Men",)), ("a gift for my husband", ("Men",)),
+    ("something for my wife", ("Women",)), ("for my daughter", ("Girls",)),
+    ("for my son", ("Boys",)),
+])
+def test_people_words_mean_genders(parser: QueryParser, text: str,
+                                   gender: tuple[str, ...]) -> None:
+    assert parser.parse(text).filters.include["gender"] == gender
+
+
+@pytest.mark.parametrize(("text", "exclude", "include"), [
+    ("jeans, anything but blue", {"colour": ("Blue",)}, {"category": ("Jeans",)}),
+    ("everything but red or black", {"colour": ("Red", "Black")}, {}),
+    ("not red but blue", {"colour": ("Red",)}, {"colour": ("Blue",)}),  # unchanged
+])
+def test_anything_but_negates(parser: QueryParser, text: str, exclude: dict,
+                              include: dict) -> None:
+    filters = parser.parse(text).filters
+    assert dict(filters.exclude) == exclude
+    assert dict(filters.include) == include
+
+
+@pytest.mark.parametrize(("text", "key", "values"), [
+    ("tshrit", "category", ("Tshirts",)), ("balck dress", "colour", ("Black",)),
+    ("dersses", "category", ("Dresses",)), ("sneakres", "category", ("Sports Shoes",
+                                                                      "Casual Shoes")),
+])
+def test_swapped_letters_are_read(parser: QueryParser, text: str, key: str,
+                                  values: tuple[str, ...]) -> None:
+    assert parser.parse(text).filters.include[key] == values
+
+
+@pytest.mark.parametrize("text", ["back pocket", "out of stock", "woven fabric", "part time",
+                                  "blak", "jeens", "causal wear", "spot the difference"])
+def test_no_guessing_beyond_a_swap(wide_parser: QueryParser, text: str) -> None:
+    # A missing or wrong letter is not corrected: without a dictionary, "back" would be
+    # Black and "stock" Socks.
+    filters = wide_parser.parse(text).filters
+    assert not filters.include and not filters.exclude
