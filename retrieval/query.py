@@ -130,6 +130,7 @@ _FILLER = frozenset({
     "have", "has", "do", "does", "item", "product",
 })
 _STOCK = re.compile(r"\b(?:in stock|available now|available)\b")
+_NO_STOCK = re.compile(r"\b(?:out of stock|not in stock|not available|unavailable|sold out)\b")
 _NEGATIONS = {"not", "no", "non", "except", "without", "excluding", "neither"}
 # "not red or blue": a negation carries over a list of values of the same key.
 _LIST_WORDS = {"or", "nor", "and"}
@@ -339,7 +340,10 @@ class QueryParser:
                 matches.append(Match(m.group(0).strip(), "price", (f"{kind} {nums}",)))
                 low = low[:m.start()] + " " * (m.end() - m.start()) + low[m.end():]
         in_stock = None
-        if _STOCK.search(low):
+        if _NO_STOCK.search(low):
+            in_stock = False
+            low = _NO_STOCK.sub(" ", low)
+        elif _STOCK.search(low):
             in_stock = True
             low = _STOCK.sub(" ", low)
 

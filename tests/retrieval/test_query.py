@@ -406,3 +406,10 @@ def test_no_guessing_beyond_a_swap(wide_parser: QueryParser, text: str) -> None:
     # Black and "stock" Socks.
     filters = wide_parser.parse(text).filters
     assert not filters.include and not filters.exclude
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("red dress in stock", True), ("available now", True), ("out of stock shoes", False),
+    ("shoes not in stock", False), ("sold out jackets", False), ("red dress", None)])
+def test_stock_words(parser, text, expected):
+    assert parser.parse(text).filters.in_stock is expected
