@@ -179,3 +179,32 @@ def test_ui_actions_run_tools_directly_and_feedback_is_logged(engine, log):
 
     with pytest.raises(ToolInputError, match="has not been shown"):
         chat.act("product_details", {"product_id": "P0035"})
+
+
+@pytest.mark.parametrize("bad", [
+    AIMessage(content="", invalid_tool_calls=[{"name": "text_search", "args": "{oops",
+                                               "id": "x", "error": "bad JSON"}]),
+    AIMessage(content="", tool_calls=[{"name": "delete_everything", "args": {}, "id": "x"}]),
+])
+def test_a_failing_model_degrades_to_rules_for_the_turn(engine, log, bad):
+    bot = assistant_with(engine, log, [bad])
+    chat = bot.conversation()
+    result = chat.turn("blue jeans for women")
+    assert result.backend == "rules"
+    assert result.fallback_reason and ("malformed" in result.fallback_reason
+                                       or "unknown tool" in result.fallback_reason)
+    assert result.products and all(p["category"] == "Jeans" for p in result.products)
+    record = log.conversation(chat.session.conversation_id)
+    fallback = [t for t in record.tool_calls if t["tool"] == "llm_backend"]
+    assert fallback and "fell back to rules" in fallback[0]["error"]
+
+
+def test_a_model_that_times_out_degrades_to_rules(engine, log):
+    class Slow(ScriptedChatModel):
+        def _generate(self, *args, **kwargs):
+            raise TimeoutError("no reply within 60 s")
+
+    bot = ShopAssistant(engine, llm=Slow(messages=iter([])), llm_name="slow", log=log)
+    result = bot.conversation().turn("red tshirt")
+    assert result.backend == "rules" and "TimeoutError" in result.fallback_reason
+    assert result.answer and result.products
