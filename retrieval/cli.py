@@ -2,8 +2,8 @@
 
 Every package contributes sub-commands through the ``shopassist.commands`` entry point
 group (see ``pyproject.toml``), so this module never imports the packages built on top of
-``retrieval``. This module registers ``ingest``, ``search``, ``recommend``, ``doctor`` and
-``demo``.
+``retrieval``. This module registers ``ingest``, ``search``, ``recommend`` and ``doctor``
+(``demo`` and ``serve`` come with the app, ``ui.cli``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 logger = logging.getLogger("shopassist")
 
 EXIT_USAGE = 2
-DEMO_CATALOG = Path("../shared/data/fashion/catalog_5k.csv")
 
 
 def setup_logging(verbose: int = 0) -> None:
@@ -92,7 +91,7 @@ def register_commands(sub: Any) -> None:
 
 
 def register(sub: Any) -> None:
-    """Entry point for ``shopassist.commands``: ingest, search, recommend, doctor, demo."""
+    """Entry point for ``shopassist.commands``: ingest, search, recommend, doctor."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--index", help="index folder (default: settings.index_dir, "
                         "data/index)")
@@ -138,14 +137,6 @@ def register(sub: Any) -> None:
                        help="what is installed, which device, which profiles load here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_doctor)
-
-    p = sub.add_parser("demo", parents=[common], help="index the demo catalog and search it")
-    p.add_argument("--catalog", default=str(DEMO_CATALOG),
-                   help=f"catalog to index (default: {DEMO_CATALOG})")
-    p.add_argument("--profile", choices=["auto", "clip", "offline"], default=None)
-    p.add_argument("--no-interactive", action="store_true",
-                   help="print sample queries and exit")
-    p.set_defaults(handler=cmd_demo)
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
@@ -275,35 +266,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     report = diagnose(_settings(args))
     print(json.dumps(report, indent=2) if args.json else render(report))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from retrieval.ingest import ingest
-    from retrieval.search import SearchEngine
-
-    catalog = Path(args.catalog)
-    if not catalog.is_file():
-        raise FileNotFoundError(
-            f"Demo catalog {catalog} not found. Point --catalog at any catalog file (CSV, "
-            "JSONL or Parquet; see README 'Your own catalog').")
-    settings = _settings(args, profile=args.profile)
-    print(f"Indexing {catalog} into {settings.index_dir} (first run encodes every photo; "
-          "later runs reuse them)...", flush=True)
-    print(ingest(catalog, settings=settings).summary(), flush=True)
-    engine = SearchEngine.open(settings=settings)
-    samples = ["red dress for women under 1500", "black sports shoes for men",
-               "blue jeans between 500 and 1500", "watch for women"]
-    for text in samples:
-        print(f"\n$ shopassist search --text {shlex.quote(text)}")
-        _print_hits(engine.search(text=text, k=5), as_json=False)
-    first = engine.products[0]
-    if first.image:
-        print(f"\n$ shopassist search --image {shlex.quote(first.image)} --text 'in black'")
-        _print_hits(engine.search(image=first.image, text="in black", k=5), as_json=False)
-    if not args.no_interactive and sys.stdin.isatty():
-        print()
-        return _interactive(engine)
     return 0
 
 
