@@ -11,10 +11,9 @@ nothing at all.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,23 +24,23 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from retrieval.artifacts import (
-    ProductRecords,
-    read_products,
-    read_vectors,
-    write_products,
-    write_vectors,
-)
+from retrieval.artifacts import ProductRecords, read_products, read_vectors
 from retrieval.catalog import ColumnMapping, Product, RowIssue, load_catalog
 from retrieval.config import Settings
 from retrieval.encoders import IMAGE, TEXT
+from retrieval.fusion import Fusion
+from retrieval.fusion_head import ArtifactError
 from retrieval.images import ImageError, ImageLimits, is_url, load_image
-from retrieval.manifest import IndexLayout, IndexStateError, read_manifest, write_manifest
+from retrieval.manifest import IndexLayout, IndexStateError, read_manifest
 from retrieval.preprocess import PhotoNormaliser, normalise_variants
 from retrieval.profiles import LoadedProfile, load_profile
 from retrieval.progress import progress as progress_bar
-from retrieval.query import Vocabulary
-from retrieval.store import VectorStore, chroma_client
+from retrieval.publish import (
+    VersionContent,
+    content_fingerprint,
+    fusion_from_manifest,
+    publish,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +130,13 @@ def _prepare(index: int, product: Product, limits: ImageLimits,
         return _Prepared(index, "", None, f"unreadable image: {exc}")
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], _Prepared], n: int,
+def _bounded_map(pool: ThreadPoolExecutor | None, fn: Callable[[int], _Prepared], n: int,
                  window: int) -> Iterator[_Prepared]:
-    """``pool.map`` with at most ``window`` results in flight (bounded memory)."""
+    """``pool.map`` with at most ``window`` results in flight (bounded memory); without a
+    pool, in line on this thread (``decode_workers = 0``)."""
+    if pool is None:
+        yield from (fn(i) for i in range(n))
+        return
     pending: collections.deque[Future[_Prepared]] = collections.deque()
     for i in range(n):
         pending.append(pool.submit(fn, i))
@@ -271,9 +274,10 @@ def ingest(
         report.encoded_images += len(batch)
         batch.clear()
 
-    workers = max(1, settings.decode_workers)
+    workers = max(0, settings.decode_workers)
     bar = progress_bar(len(with_image), "images", "img", show)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") if workers
+          else contextlib.nullcontext()) as pool:
         def task(j: int) -> _Prepared:
             i = with_image[j]
             return _prepare(i, products[i], limits, variants, cached_keys)
@@ -334,8 +338,8 @@ def ingest(
             f"No product of {catalog} could be indexed ({len(issues)} rows skipped; first: "
             f"{issues[0] if issues else 'none'}). The serving index, if any, is unchanged.")
 
-    fusion = loaded.fusion()
-    fingerprint = _fingerprint(loaded, fusion.to_dict(), records)
+    fusion = serving_fusion(cache.manifest, layout) or loaded.fusion()
+    fingerprint = content_fingerprint(loaded.contract(), fusion.to_dict(), records)
     if (not force and cache.manifest is not None
             and cache.manifest.get("fingerprint") == fingerprint):
         report.version = layout.current()
@@ -343,90 +347,27 @@ def ingest(
         report.seconds = time.perf_counter() - started
         return report
 
-    fused = fusion.fuse(slot_vectors, len(products))
-    version, build_dir = layout.start_build()
-    try:
-        collection = _collection_name(layout, version, settings)
-        client = chroma_client(settings, None if settings.chroma_host else build_dir / "chroma")
-        store = VectorStore.create(client, collection, settings.hnsw,
-                                   metadata={"shopassist_version": version})
-        bar = progress_bar(len(products), "store", "vec", show)
-        store.add([p.product_id for p in products], fused, [p.metadata() for p in products],
-                  progress=bar)
-        bar.close()
-        del store, client  # release the embedded store's files before the rename
-
-        write_products(build_dir, records)
-        write_vectors(build_dir, slot_vectors)
-        _write_issues(build_dir, issues)
-        table = records.table()
-        write_manifest(build_dir, {
-            "version": version,
-            "profile": loaded.profile.name,
-            "slots": loaded.contract(),
-            "fusion": fusion.to_dict(),
-            "distance": "cosine",
-            "dim": fusion.dim,
-            "count": len(products),
-            "store": {"kind": "server" if settings.chroma_host else "embedded",
-                      "collection": collection,
-                      **({"host": settings.chroma_host, "port": settings.chroma_port}
-                         if settings.chroma_host else {})},
-            "hnsw": {"space": settings.hnsw.space, "max_neighbors": settings.hnsw.max_neighbors,
-                     "ef_construction": settings.hnsw.ef_construction,
-                     "ef_search": settings.hnsw.ef_search},
-            "catalog": {"path": str(Path(catalog).resolve()),
-                        "mapping": loaded_catalog.mapping.to_dict(),
-                        "rows_read": loaded_catalog.rows_read, "skipped": len(issues)},
-            "vocabulary": Vocabulary.from_table(table).to_dict(),
-            "fingerprint": fingerprint,
-            "settings": settings.to_dict(),
-        })
-        layout.commit(version, build_dir)
-    except BaseException:
-        # A failed build never becomes visible; a killed one is removed by the next build.
-        shutil.rmtree(build_dir, ignore_errors=True)
-        raise
-    for old in layout.prune(keep_versions):
-        logger.info("deleted old index version %s", old)
-        if settings.chroma_host:
-            _drop_collection(settings, _collection_name(layout, old, settings))
-    report.version = version
+    content = VersionContent(
+        records=records, slot_vectors=slot_vectors, fusion=fusion,
+        profile=loaded.profile.name, contract=loaded.contract(),
+        catalog={"path": str(Path(catalog).resolve()),
+                 "mapping": loaded_catalog.mapping.to_dict(),
+                 "rows_read": loaded_catalog.rows_read, "skipped": len(issues)},
+        fingerprint=fingerprint, issues=issues)
+    report.version = publish(layout, settings, content, show=show,
+                             keep_versions=keep_versions)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _collection_name(layout: IndexLayout, version: str, settings: Settings) -> str:
-    if not settings.chroma_host:
-        return f"products_{version}"
-    # One server may hold several indexes: tell them apart by their root folder.
-    root = sha256(str(layout.root.resolve()).encode())[:10]
-    return f"shopassist_{root}_{version}"
-
-
-def _drop_collection(settings: Settings, name: str) -> None:
+def serving_fusion(manifest: dict[str, Any] | None, layout: IndexLayout) -> Fusion | None:
+    """The learned fusion head of the serving version, if it has one: a catalog update
+    keeps the trained head (``shopassist refuse --fusion concat`` drops it)."""
+    if manifest is None or manifest.get("fusion", {}).get("kind") != "learned-head":
+        return None
     try:
-        chroma_client(settings, None).delete_collection(name)
-    except Exception as exc:
-        logger.warning("could not delete old collection %s: %s", name, exc)
-
-
-def _fingerprint(loaded: LoadedProfile, fusion: dict[str, Any], records: ProductRecords
-                 ) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps([loaded.contract(), fusion], sort_keys=True).encode())
-    for product, ikey, tkey in zip(records.products, records.image_keys, records.text_keys,
-                                   strict=True):
-        digest.update(json.dumps(product.metadata(), sort_keys=True, default=str).encode())
-        digest.update(f"{product.product_id}|{ikey}|{tkey}\n".encode())
-    return digest.hexdigest()
-
-
-def _write_issues(folder: Path, issues: Sequence[RowIssue]) -> None:
-    import csv
-
-    with (folder / "issues.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["row", "product_id", "reason"])
-        for issue in issues:
-            writer.writerow([issue.row, issue.product_id or "", issue.reason])
+        return fusion_from_manifest(manifest, layout.version_dir(manifest["version"]))
+    except (ArtifactError, IndexStateError) as exc:
+        logger.warning("the serving index's fusion head cannot be reused (%s); using the "
+                       "profile's training-free fusion", exc)
+        return None

@@ -25,11 +25,12 @@ from retrieval.catalog import Product
 from retrieval.config import Settings, load_settings
 from retrieval.encoders import IMAGE, Encoder, create_encoder, l2_normalise
 from retrieval.filters import Filters
-from retrieval.fusion import SlotSpec, WeightedConcatFusion, slot_scores, weighted_score
+from retrieval.fusion import WeightedConcatFusion, slot_scores, weighted_score
 from retrieval.images import ImageLimits, ImageSource, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, check_contract, read_manifest
 from retrieval.preprocess import PhotoNormaliser, normalise_variants
 from retrieval.profiles import LoadedProfile, Profile, SlotDef
+from retrieval.publish import fusion_from_manifest
 from retrieval.query import ParsedQuery, QueryParser, Vocabulary
 from retrieval.store import VectorStore, chroma_client
 
@@ -112,9 +113,16 @@ class SearchEngine:
         self.settings = settings
         self.table = records.table()
         self.row_of = {p.product_id: i for i, p in enumerate(self.products)}
-        self.fusion = WeightedConcatFusion(
-            [SlotSpec(s["name"], s["dim"], s["weight"]) for s in manifest["fusion"]["slots"]])
-        self.weights = self.fusion.weights()
+        self.fusion = fusion_from_manifest(manifest, folder)
+        if isinstance(self.fusion, WeightedConcatFusion):
+            self.weights = self.fusion.weights()
+            self.fused: np.ndarray | None = None
+        else:
+            # A learned head scores in its own space: keep the products' fused vectors
+            # (derived from the stored slots, one pass at open) for exact re-scoring.
+            self.weights = {s["slot"]: 1.0 for s in manifest["slots"]}
+            self.fused = self.fusion.fuse({k: v.astype(np.float32)
+                                           for k, v in vectors.items()}, len(self.products))
         self.vocabulary = Vocabulary(manifest.get("vocabulary", {}))
         self.parser = QueryParser(self.vocabulary)
         self.limits = ImageLimits(max_pixels=settings.max_image_pixels,
@@ -346,12 +354,13 @@ class SearchEngine:
         if allowed == 0:
             return [], True
         exact = not query or (mask is not None and allowed <= EXACT_MAX_ROWS)
+        fused_query = (self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
+                       if query else None)
         if exact:
             rows = np.flatnonzero(mask) if mask is not None else np.arange(len(self.products))
         else:
-            fused = self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
             want = min(allowed, max(4 * k, 64) + len(exclude))
-            hits = self.store.query(fused, want, filters.to_where())
+            hits = self.store.query(fused_query, want, filters.to_where())
             rows = np.array([self.row_of[i] for i in hits.ids if i in self.row_of], dtype=int)
             if mask is not None:
                 rows = rows[mask[rows]]
@@ -360,7 +369,10 @@ class SearchEngine:
             return [SearchHit(self.products[r], i + 1, 0.0, {}, tuple(filters.describe()))
                     for i, r in enumerate(rows)], True
         per_slot = slot_scores(query, {s: self.vectors[s][rows] for s in query})
-        fused_scores = weighted_score(per_slot, self.weights)
+        if self.fused is None:
+            fused_scores = weighted_score(per_slot, self.weights)
+        else:
+            fused_scores = self.fused[rows] @ fused_query
         bonus = np.zeros(len(rows), dtype=np.float32)
         for key, values in boosts.items():
             bonus += BOOST * np.isin(self.table.column(key)[rows], list(values))

@@ -177,7 +177,7 @@ def test_failed_store_write_leaves_no_partial_version(settings, clip_profile, ca
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("retrieval.ingest.write_vectors", boom)
+    monkeypatch.setattr("retrieval.publish.write_vectors", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         ingest(catalog, settings=settings, profile=clip_profile, progress=False, force=True)
     layout = IndexLayout(settings.index_dir)
@@ -190,20 +190,21 @@ KILLER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {root!r})
     import retrieval.ingest as ingest_module
+    import retrieval.publish as publish_module
     from retrieval.config import Settings
     from tests.conftest import build_tiny_clip, build_tiny_sbert  # noqa: F401
 
     settings = Settings(profile="clip", clip_model={clip!r}, text_model={sbert!r},
                         device="cpu", precision="fp32", batch_size=8,
                         index_dir=Path({index!r}))
-    real = ingest_module.{target}
+    real = publish_module.{target}
 
     def die(*args, **kwargs):
         real(*args, **kwargs)
         Path({marker!r}).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs, as with kill -9 or power loss
 
-    ingest_module.{target} = die
+    publish_module.{target} = die
     ingest_module.ingest({catalog!r}, settings=settings, force=True, progress=False)
 """)
 
