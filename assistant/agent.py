@@ -290,13 +290,13 @@ class Conversation:
                 seconds=time.perf_counter() - started)
 
     def feedback(self, kind: str, *, product_id: str, query_id: str | None = None,
-                 dwell_ms: float | None = None) -> None:
-        """Records a shopper's reaction to a shown product (click, add_to_cart, purchase,
-        dwell, thumbs_up, thumbs_down)."""
+                 dwell_ms: float | None = None, value: float | None = None) -> None:
+        """Records a shopper's reaction to a shown product (click, add_to_cart, purchase
+        with its ``value``, dwell, thumbs_up, thumbs_down)."""
         if self.assistant.log is None:
             return
         self.assistant.log.log_feedback(kind, query_id=query_id, product_id=product_id,
-                                        dwell_ms=dwell_ms)
+                                        dwell_ms=dwell_ms, value=value)
 
     # -- internals ------------------------------------------------------------------------
 

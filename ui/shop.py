@@ -145,9 +145,9 @@ def run_turn(state: ShopState, conversation: Conversation, text: str,
 
 
 def _feedback(conversation: Conversation, kind: str, product_id: str,
-              query_id: str | None) -> bool:
+              query_id: str | None, value: float | None = None) -> bool:
     try:
-        conversation.feedback(kind, product_id=product_id, query_id=query_id)
+        conversation.feedback(kind, product_id=product_id, query_id=query_id, value=value)
         return True
     except Exception:  # the log must never break the shop
         logger.exception("could not record %s feedback", kind)
@@ -222,7 +222,7 @@ def _on_remove(product_id: str) -> None:
 def _on_checkout() -> None:
     _, conversation, state = _context()
     for item in state.cart.values():
-        _feedback(conversation, "purchase", item.product_id, item.query_id)
+        _feedback(conversation, "purchase", item.product_id, item.query_id, item.price)
     count = len(state.cart)
     state.cart.clear()
     state.toast = f"Order placed ({count} item{'s' if count != 1 else ''}). This is a demo: " \
