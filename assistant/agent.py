@@ -227,8 +227,17 @@ class Conversation:
         """Checks and stores a photo; returns its upload id (raises ImageError)."""
         return self.session.add_upload(source, self.assistant.engine.limits)
 
-    def turn(self, text: str, photos: Sequence[ImageSource] = ()) -> TurnResult:
+    def turn(self, text: str, photos: Sequence[ImageSource] = (),
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> TurnResult:
         """Answers one message (words and/or photos).
+
+        Args:
+            text: The message.
+            photos: Photos sent with it (paths, bytes, PIL images); checked first.
+            on_event: Called while the turn runs, for live display: ``{"type": "tool",
+                "name", "args"}`` when a tool is called, ``{"type": "token", "text"}`` as a
+                streaming model writes its answer, ``{"type": "fallback", "reason"}`` when
+                the rules take over (discard the tokens shown so far).
 
         Raises:
             ImageError: A photo is unreadable or refused (nothing else is done then).
@@ -246,15 +255,17 @@ class Conversation:
             backend = self.assistant.llm_name
             fallback = None
             try:
-                new = self._run(primary, human)
+                new = self._run(primary, human, on_event)
             except BackendError as exc:
                 if self.assistant.llm is None:
                     raise
                 fallback = str(exc)
                 logger.warning("chat model failed (%s); answering with the rules", fallback)
                 self._log_fallback(fallback)
+                if on_event is not None:
+                    on_event({"type": "fallback", "reason": fallback})
                 backend = "rules"
-                new = self._run(self.assistant.rules_model(), human)
+                new = self._run(self.assistant.rules_model(), human, on_event)
             result = self._result(new, backend, fallback, time.perf_counter() - started)
             self.history = _trim([*self.history, human, *new])
             self._log_message("assistant", result.answer, [], backend=backend,
@@ -308,14 +319,33 @@ class Conversation:
                 middleware=[self.guard])
         return self._graphs[key]
 
-    def _run(self, model: BaseChatModel, human: HumanMessage) -> list[BaseMessage]:
+    def _run(self, model: BaseChatModel, human: HumanMessage,
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> list[BaseMessage]:
         self.guard.start()
         self._records = []
         messages = [*self.history, human]
-        limit = 4 * self.assistant.settings.max_tool_calls + 8
-        state = self._graph(model).invoke({"messages": messages},
-                                          config={"recursion_limit": limit})
-        return list(state["messages"][len(messages):])
+        config = {"recursion_limit": 4 * self.assistant.settings.max_tool_calls + 8}
+        graph = self._graph(model)
+        if on_event is None:
+            state = graph.invoke({"messages": messages}, config=config)
+            return list(state["messages"][len(messages):])
+        new: list[BaseMessage] = []
+        for mode, payload in graph.stream({"messages": messages}, config=config,
+                                          stream_mode=["updates", "messages"]):
+            if mode == "messages":
+                chunk, _ = payload
+                # Chunks of a streaming model, or the whole reply of one that does not stream.
+                if isinstance(chunk, AIMessage) and chunk.content and not chunk.tool_calls:
+                    on_event({"type": "token", "text": str(chunk.content)})
+                continue
+            for update in (payload or {}).values():
+                for message in (update or {}).get("messages", []):
+                    new.append(message)
+                    if isinstance(message, AIMessage):
+                        for tool_call in message.tool_calls:
+                            on_event({"type": "tool", "name": tool_call["name"],
+                                      "args": tool_call.get("args", {})})
+        return new
 
     def _on_tool(self, record: ToolCallRecord) -> None:
         self._records.append(record)

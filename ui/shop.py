@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,9 +118,18 @@ def _result_entry(state: ShopState, conversation: Conversation, result: TurnResu
                      search=_last_search(conversation, result), searched=searched, note=note)
 
 
+TOOL_STATUS = {"visual_search": "Looking for products like your photo...",
+               "text_search": "Searching the catalog...",
+               "recommend": "Finding recommendations...",
+               "product_details": "Reading the product's details...",
+               "compare": "Comparing products..."}
+
+
 def run_turn(state: ShopState, conversation: Conversation, text: str,
-             uploads: list[Any]) -> None:
-    """Sends one message (words and photos) and records the bubbles it makes."""
+             uploads: list[Any], on_event: Callable[[dict[str, Any]], None] | None = None
+             ) -> None:
+    """Sends one message (words and photos) and records the bubbles it makes;
+    ``on_event`` sees the turn's progress (tools called, answer tokens) as it happens."""
     limits = conversation.assistant.engine.limits
     problem = precheck([(f.name, int(f.size)) for f in uploads], limits.max_bytes)
     user = state.add("user", text=text)
@@ -127,7 +137,8 @@ def run_turn(state: ShopState, conversation: Conversation, text: str,
         state.add("assistant", text=problem, note="error")
         return
     try:
-        result = conversation.turn(text, photos=[f.getvalue() for f in uploads])
+        result = conversation.turn(text, photos=[f.getvalue() for f in uploads],
+                                   on_event=on_event)
     except ImageError as exc:
         state.add("assistant", text=f"That photo can't be used: {exc}", note="error")
         return
@@ -399,8 +410,24 @@ def render() -> None:
     with st.chat_message("user"):
         bubble = st.empty()
         bubble.markdown(md_escape(text) if text else "*(photo)*")
-    with st.spinner("Looking through the catalog..."):
-        run_turn(state, conversation, text, uploads)
+    progress = st.empty()  # a live bubble, replaced by the turn's own bubbles when done
+    with progress.container(), st.chat_message("assistant"):
+        status = st.status("Looking through the catalog...", expanded=False)
+        live = st.empty()
+    tokens: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "tool":
+            status.update(label=TOOL_STATUS.get(event["name"], "Looking it up..."))
+        elif event["type"] == "token":
+            tokens.append(event["text"])
+            live.markdown(md_escape("".join(tokens)))
+        elif event["type"] == "fallback":
+            tokens.clear()
+            live.empty()
+
+    run_turn(state, conversation, text, uploads, on_event=on_event)
+    progress.empty()
     # Render this turn's bubbles in place (no extra rerun before the cards appear).
     sent = state.entries[start]
     if sent.photos:
