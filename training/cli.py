@@ -1,0 +1,139 @@
+"""The learning loop's ``shopassist`` sub-commands: ``simulate`` and ``dataset``.
+
+Found through the ``shopassist.commands`` entry point group (``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+logger = logging.getLogger(__name__)
+
+# Simulated traffic goes to its own database by default, never into the app's log.
+DEFAULT_SIM_DB = "sqlite:///data/simulated-events.sqlite"
+
+
+def register(sub: Any) -> None:
+    """Entry point for ``shopassist.commands``: ``simulate``, ``dataset``."""
+    p = sub.add_parser(
+        "simulate", help="simulate shoppers into an event log",
+        description="Run simulated shoppers with hidden preferences against the index: "
+        "text and photo queries through the real search engine, clicks with position bias, "
+        "add-to-cart, purchases and dwell, all written through the event log writer. The "
+        "hidden ground truth is saved as JSON beside the log.")
+    p.add_argument("--sessions", type=int, required=True, help="number of sessions")
+    p.add_argument("--index", help="index folder (default: settings.index_dir, data/index)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--db", default=DEFAULT_SIM_DB,
+                   help=f"event log URL to write (default: {DEFAULT_SIM_DB})")
+    p.add_argument("--truth", help="ground truth JSON (default: beside a SQLite log, "
+                   "<name>.truth.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--shoppers", type=int, help="shopper population (default: sessions / 3)")
+    p.add_argument("--eta", type=float, help="position bias: P(examine | rank) = "
+                   "1 / rank^eta (default 1.0)")
+    p.add_argument("--explore", type=float, help="share of result lists shown shuffled "
+                   "(default 0)")
+    p.add_argument("--photos", help="folder of larger product photos <id>.jpg (default: "
+                   "../shared/data/fashion_300px/images when present)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser(
+        "dataset", help="build training tables from an event log",
+        description="Read every impression with its feedback, estimate position-bias "
+        "propensities from the log (randomised lists or regression-EM), add clipped "
+        "inverse-propensity weights and a split by session, and write Parquet tables with "
+        "their snapshot id.")
+    p.add_argument("--db", required=True, help="event log URL to read")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--index", help="also write catalog self-supervision pairs from this "
+                   "index folder")
+    p.add_argument("--propensity", choices=["auto", "randomised", "regression-em",
+                                            "click-ratio"], default="auto",
+                   help="position-bias estimate: randomised lists when the log has enough "
+                   "(lists logged with a '+shuffle' model version), else regression-EM "
+                   "(default auto)")
+    p.add_argument("--max-weight", type=float, default=10.0,
+                   help="clip inverse-propensity weights to this (default 10)")
+    p.add_argument("--json", action="store_true", help="print dataset.json")
+    p.set_defaults(handler=cmd_dataset)
+
+
+def default_truth_path(db: str) -> Path:
+    """Beside a SQLite log (``events.sqlite`` -> ``events.truth.json``), else the cwd."""
+    url = make_url(db)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(str(url.database))
+        return path.with_name(path.stem + ".truth.json")
+    return Path("simulation.truth.json")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from assistant.eventlog import EventLog
+    from retrieval.config import load_settings
+    from retrieval.search import SearchEngine
+    from training.photos import DEFAULT_PHOTOS_DIR
+    from training.simulate import SimulationSummary, simulate
+    from training.truth import SimConfig
+
+    if args.sessions < 1:
+        raise ValueError(f"--sessions must be at least 1 (got {args.sessions}).")
+    overrides = {k: v for k, v in (("eta", args.eta), ("explore", args.explore))
+                 if v is not None}
+    config = SimConfig(**overrides)
+    settings = load_settings(getattr(args, "config", None),
+                             index_dir=Path(args.index) if args.index else None,
+                             device=args.device)
+    engine = SearchEngine.open(settings=settings)
+    truth_path = Path(args.truth) if args.truth else default_truth_path(args.db)
+    photos = Path(args.photos) if args.photos else DEFAULT_PHOTOS_DIR
+    with EventLog.open(args.db) as log:
+        truth = simulate(engine, log, args.sessions, seed=args.seed, config=config,
+                         shoppers=args.shoppers, photos_dir=photos, truth_path=truth_path)
+    summary = truth.summary
+    if args.json:
+        print(json.dumps({**summary, "truth": str(truth_path), "db": args.db}, indent=2))
+    else:
+        fields = SimulationSummary.__dataclass_fields__
+        print(SimulationSummary(**{k: v for k, v in summary.items() if k in fields}).format())
+        print(f"log: {args.db}\ntruth: {truth_path}")
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from assistant.eventlog import EventLog
+    from retrieval.artifacts import read_products
+    from retrieval.config import load_settings
+    from retrieval.manifest import IndexLayout
+    from training.datasets import build_dataset, write_dataset
+
+    products = None
+    if args.index:
+        root = load_settings(getattr(args, "config", None), index_dir=Path(args.index)).index_dir
+        products = read_products(IndexLayout(Path(root)).version_dir()).products
+    with EventLog.open(args.db, create=False) as log:
+        dataset = build_dataset(log, max_weight=args.max_weight, method=args.propensity)
+    files = write_dataset(dataset, args.out, products)
+    info = json.loads(files["info"].read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"snapshot {dataset.snapshot_id}: {info['rows']:,} impressions, "
+          f"{info['queries']:,} queries, {info['sessions']:,} sessions")
+    print("splits: " + ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()))
+    print("labels: " + ", ".join(f"{k} {v:,}" for k, v in info["labels"].items()))
+    table = dataset.propensities
+    print(f"propensity ({info['propensity']['method']}, weights clipped at "
+          f"{args.max_weight:g}):")
+    for row in table.itertuples(index=False):
+        print(f"  rank {row.rank:>3}: {row.propensity:.3f}  (click ratio {row.click_ratio:.3f},"
+              f" {row.impressions:,} shown, {row.clicks:,} clicks)")
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
