@@ -26,6 +26,7 @@ from assistant.eventlog import EventLog
 from retrieval.ingest import ingest
 from retrieval.search import SearchEngine
 from tests.conftest import write_catalog
+from tests.training.fusion_fixtures import small_index  # noqa: F401  (a fixture)
 from training.simulate import simulate
 from training.truth import SimConfig, SimulationTruth
 

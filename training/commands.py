@@ -1,0 +1,200 @@
+"""``shopassist`` sub-commands of the trained models: ``train``, ``models``, ``eval``.
+
+Found through the ``shopassist.commands`` entry point group (``pyproject.toml``). Heavy
+imports happen inside the handlers, so ``shopassist --help`` stays fast.
+
+- ``shopassist train fusion [--config FILE] [--index DIR] [--out models/] [--device auto]
+  [--resume]`` — also under ``torchrun --standalone --nproc_per_node N``.
+- ``shopassist models list`` / ``promote fusion VERSION`` / ``rollback fusion``.
+- ``shopassist eval [--index DIR] [--version latest]`` — the Markdown + PNG report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODELS = "models"
+DEFAULT_CACHE = "data/cache/fusion"
+
+
+def register(sub: Any) -> None:
+    """Entry point for ``shopassist.commands``: ``train``, ``models``, ``eval``."""
+    config = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: the top-level --config (same TOML file) is kept when this one is not given.
+    config.add_argument("--config", default=argparse.SUPPRESS,
+                        help="TOML file with [train.fusion] (and [retrieval]) tables")
+    index = argparse.ArgumentParser(add_help=False)
+    index.add_argument("--index", help="index folder (default: settings.index_dir, "
+                       "data/index)")
+
+    train = sub.add_parser("train", help="train a model from the index and the event log")
+    kinds = train.add_subparsers(dest="model", metavar="MODEL", required=True)
+    p = kinds.add_parser(
+        "fusion", parents=[config, index], help="the fusion head (text <-> photo alignment)",
+        description="Train the fusion head on the index's stored vectors (catalog "
+        "self-supervision, shoppers' photos, logged pairs when [train.fusion] dataset is "
+        "set) and register it under OUT/fusion/vNNNN. Runs under torchrun for several "
+        "processes.")
+    p.add_argument("--out", default=DEFAULT_MODELS, help=f"models folder (default "
+                   f"{DEFAULT_MODELS})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run checkpointed in OUT/fusion/checkpoint")
+    p.add_argument("--cache", default=DEFAULT_CACHE,
+                   help=f"query encoding cache (default {DEFAULT_CACHE})")
+    p.add_argument("--epochs", type=int, help="override [train.fusion] epochs")
+    p.add_argument("--seed", type=int, help="override [train.fusion] seed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_train_fusion)
+
+    models = sub.add_parser("models", help="list, promote and roll back trained models")
+    actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--models", "--out", dest="models", default=DEFAULT_MODELS,
+                       help=f"models folder (default {DEFAULT_MODELS})")
+    p = actions.add_parser("list", parents=[config, index, where],
+                           help="artifacts with their metrics and where they serve")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_models_list)
+    p = actions.add_parser("promote", parents=[config, index, where],
+                           help="re-fuse the index with a version and switch it in")
+    p.add_argument("kind", choices=["fusion"])
+    p.add_argument("version", help="vNNNN or latest")
+    p.set_defaults(handler=cmd_models_promote)
+    p = actions.add_parser("rollback", parents=[config, index, where],
+                           help="back to the previously promoted version (or the "
+                           "training-free fusion)")
+    p.add_argument("kind", choices=["fusion"])
+    p.set_defaults(handler=cmd_models_rollback)
+
+    p = sub.add_parser(
+        "eval", parents=[config, index, where], help="evaluation report of a fusion head",
+        description="Compare the training-free fusion, a ridge baseline and a trained fusion "
+        "head on held-out catalog queries (text -> photo ignoring titles, text -> product, "
+        "photo -> same product); write report.md with plots.")
+    p.add_argument("--version", default="latest",
+                   help="vNNNN, latest (default) or promoted (the one serving --index)")
+    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--report", help="output folder (default reports/fusion-<version>)")
+    p.add_argument("--cache", default=DEFAULT_CACHE)
+    p.add_argument("--device", default=None, help="device for encoding uncached queries")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(handler=cmd_eval)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from retrieval.config import load_settings
+
+    return load_settings(getattr(args, "config", None),
+                         index_dir=Path(args.index) if args.index else None, **extra)
+
+
+def cmd_train_fusion(args: argparse.Namespace) -> int:
+    from training.fusion import train_fusion
+    from training.fusion_config import load_fusion_config
+
+    config = load_fusion_config(getattr(args, "config", None), epochs=args.epochs,
+                                seed=args.seed)
+    settings = _settings(args, device=None if args.device == "auto" else args.device)
+    result = train_fusion(settings.index_dir, config, args.out, device=args.device,
+                          resume=args.resume, cache_dir=Path(args.cache), settings=settings)
+    if result.version is None:  # not the main process of a distributed run
+        return 0
+    summary = {"version": result.version, "artifact": str(result.artifact),
+               "stopped": result.stopped, "epochs": result.epochs, "steps": result.steps,
+               "seconds": round(result.seconds, 1), "metrics": result.metrics,
+               "data": result.data}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    test = result.metrics.get("test", {})
+    print(f"fusion head {result.version} -> {result.artifact}")
+    print(f"  {result.epochs} epochs, {result.steps} steps ({result.stopped}), "
+          f"{result.seconds:.0f} s in all")
+    for kind, label, metric in (("text_photo", "text -> photo NDCG@10", "NDCG@10"),
+                                ("text_product", "text -> product NDCG@10", "NDCG@10"),
+                                ("photo", "photo -> product R@1", "R@1")):
+        if kind in test:
+            print(f"  test {label}: {test[kind][metric]:.3f}")
+    print(f"promote it with: shopassist models promote fusion {result.version}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(args.models)
+    entries = registry.entries("fusion")
+    if args.json:
+        print(json.dumps([{"kind": e.kind, "version": e.version, "path": str(e.path),
+                           "created": e.created, "metrics": e.metrics,
+                           "data_snapshot": e.data_snapshot, "sha256": e.sha256,
+                           "error": e.error, "promoted_for": list(e.promoted_for)}
+                          for e in entries], indent=2))
+        return 0
+    if not entries:
+        print(f"no models in {registry.root} (train one with `shopassist train fusion`)")
+        return 0
+    print(f"{'kind':<7} {'version':<8} {'created':<21} {'t->photo':>8} {'t->prod':>8} "
+          f"{'photo R@1':>9}  status")
+    for e in entries:
+        test = e.metrics.get("test", {})
+
+        def fig(kind: str, metric: str, test: dict = test) -> str:
+            value = test.get(kind, {}).get(metric)
+            return f"{value:.3f}" if value is not None else "-"
+
+        status = "CORRUPT: " + e.error if e.error else (
+            "promoted: " + ", ".join(e.promoted_for) if e.promoted_for else "")
+        print(f"{e.kind:<7} {e.version:<8} {e.created:<21} {fig('text_photo', 'NDCG@10'):>8} "
+              f"{fig('text_product', 'NDCG@10'):>8} {fig('photo', 'R@1'):>9}  {status}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    from training.registry import ModelRegistry
+
+    settings = _settings(args)
+    registry = ModelRegistry(args.models)
+    index_version = registry.promote(args.kind, args.version, settings)
+    print(f"{args.kind} {registry.path(args.kind, args.version).name} now serves "
+          f"{settings.index_dir} (index version {index_version})")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from training.registry import ModelRegistry
+
+    settings = _settings(args)
+    target, index_version = ModelRegistry(args.models).rollback(args.kind, settings)
+    what = target or "the training-free fusion"
+    print(f"{settings.index_dir} is back on {what} (index version {index_version})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from training.fusion_report import evaluate_artifact, write_report
+    from training.registry import ModelRegistry
+
+    settings = _settings(args, device=args.device)
+    registry = ModelRegistry(args.models)
+    version = args.version
+    if version == "promoted":
+        version = registry.promoted("fusion", settings)
+        if version is None:
+            raise ValueError(f"No fusion head is promoted for {settings.index_dir}; pass "
+                             "--version.")
+    artifact = registry.path("fusion", version)
+    results = evaluate_artifact(settings.index_dir, artifact, settings,
+                                cache_dir=Path(args.cache), split=args.split)
+    out = Path(args.report) if args.report else Path("reports") / f"fusion-{artifact.name}"
+    report = write_report(results, out)
+    if args.json:
+        print(json.dumps(results.systems, indent=2))
+    else:
+        print(report.read_text())
+        print(f"report: {report}")
+    return 0

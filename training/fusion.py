@@ -1,0 +1,349 @@
+"""Training the fusion head on an index's stored vectors, through ``accelerate``.
+
+One process or several (``torchrun --standalone --nproc_per_node N``, gloo on CPU, NCCL on
+GPUs): every process draws its slice of the same global batch
+(:mod:`training.fusion_batches`), DDP averages the gradients, and only the first process
+encodes the query cache, evaluates, checkpoints and writes the artifact. Seeded; AdamW with
+linear warm-up and cosine decay; early stopping on the validation metric
+(:func:`training.fusion_eval.monitor_value`) with the best epoch's weights kept; a
+checkpoint after every epoch from which ``resume=True`` continues exactly; the result is a
+versioned artifact (:mod:`training.registry`) that ``shopassist models promote`` switches
+the index to.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retrieval.config import Settings, load_settings
+from retrieval.fusion_head import FusionHead, HeadConfig, save_head
+from retrieval.progress import progress
+from training.fusion_batches import FusionBatches, to_torch
+from training.fusion_checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    optimizer_from_flat,
+    prefixed,
+    restore_rng,
+    save_checkpoint,
+)
+from training.fusion_config import FusionConfig
+from training.fusion_data import TEST, TRAIN, VALID, FusionData, build_fusion_data
+from training.fusion_encode import IndexView, QueryEncoder
+from training.fusion_eval import HeadFusion, evaluate, monitor_value
+from training.fusion_objective import FusionObjective
+from training.registry import HISTORY, ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+# Config fields a resumed run may change (they do not alter what is computed per step).
+RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs"}
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    version: str | None  # None: the run paused (``stop_after``) or was not the main process
+    artifact: Path | None
+    metrics: dict[str, Any]
+    history: dict[str, list[dict[str, Any]]]
+    seconds: float
+    epochs: int
+    steps: int
+    stopped: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "auto") -> Any:
+    """An :class:`accelerate.Accelerator` for ``device`` (auto, cpu, cuda, mps).
+
+    Raises:
+        ValueError: An unknown device, or CUDA asked for where there is none.
+    """
+    from accelerate import Accelerator
+
+    if device not in ("auto", "cpu", "cuda", "mps"):
+        raise ValueError(f"--device takes auto, cpu, cuda or mps (got {device!r}); pick a GPU "
+                         "with CUDA_VISIBLE_DEVICES.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu.")
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available()
+                              and not torch.backends.mps.is_available())
+    precision = mixed_precision
+    if precision == "auto":
+        if cpu or not torch.cuda.is_available():
+            precision = "no"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Accelerator(cpu=cpu, mixed_precision=precision)
+
+
+def new_head(data: FusionData, config: FusionConfig) -> FusionHead:
+    """A seeded head whose first layers see standardised inputs.
+
+    Stored slot vectors are unit-length but far from centred (EfficientNet features are
+    all positive; any two products have a cosine of ~0.7), which leaves a fresh MLP
+    staring at one big shared component. Folding each slot's training-product mean and
+    spread into its first linear layer (``W / s``, ``b - W mu / s``) starts it on centred,
+    unit-variance inputs, inside the head's fixed architecture: nothing changes at
+    inference.
+    """
+    torch.manual_seed(config.seed)
+    head = FusionHead(HeadConfig(slots=tuple((s.name, s.dim) for s in data.slots),
+                                 dim=config.dim, hidden=config.hidden,
+                                 dropout=config.dropout))
+    rows = np.flatnonzero(data.split == TRAIN)
+    with torch.no_grad():
+        for name, _dim in head.config.slots:
+            x = data.products[name][rows].astype(np.float32)
+            mean = torch.from_numpy(x.mean(axis=0))
+            std = torch.from_numpy(x.std(axis=0))
+            std = std.clamp_min(max(float(std.median()) * 0.1, 1e-6))
+            first = head.proj[name][0]
+            first.weight.div_(std[None, :])
+            first.bias.sub_(first.weight @ mean)
+    return head
+
+
+def make_optimizer(objective: FusionObjective, config: FusionConfig, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases, gates and the calibration) with warm-up + cosine."""
+    decay = [p for p in objective.parameters() if p.ndim >= 2]
+    rest = [p for p in objective.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+    warmup = max(1, min(config.warmup_steps, total_steps // 5))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, where: Path
+                  ) -> None:
+    if meta.get("finished"):
+        raise CheckpointError(f"The checkpoint in {where} is of a finished run (artifact "
+                              f"{meta.get('artifact')}); train again without --resume.")
+    old = meta.get("config", {})
+    new = config.to_dict()
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise CheckpointError(f"The checkpoint in {where} was trained with other settings "
+                              f"({', '.join(changed)}); resume with the same config or start "
+                              "a new run without --resume.")
+    if meta.get("data_snapshot") != snapshot:
+        raise CheckpointError(f"The checkpoint in {where} was trained on other data "
+                              f"(snapshot {meta.get('data_snapshot')}, now {snapshot}); start "
+                              "a new run without --resume.")
+
+
+def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | Path, *,
+                 device: str = "auto", resume: bool = False, cache_dir: str | Path | None =
+                 None, settings: Settings | None = None, show: bool | None = None,
+                 stop_after: int | None = None,
+                 encoder: Callable[[IndexView], QueryEncoder] | None = None) -> TrainResult:
+    """Trains a fusion head for the index at ``index_dir`` and registers the artifact.
+
+    Args:
+        index_dir: Index root; its serving version's stored vectors are the inputs.
+        config: Training configuration.
+        models_dir: Registry root (``models/``): the artifact goes to ``fusion/vNNNN`` and
+            the checkpoint to ``fusion/checkpoint``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        resume: Continue the run in ``fusion/checkpoint`` (same config and data).
+        cache_dir: Where query encodings are cached (default ``<models_dir>/cache``).
+        settings: Engine settings used to load the index's encoders (default: resolved).
+        show: Progress bars (default: on a terminal).
+        stop_after: Pause after this many epochs in total (checkpoint kept, no artifact).
+        encoder: Makes the query encoder (default: the profile the index was built with).
+
+    Returns:
+        The artifact's version and metrics (on the main process), history and timings.
+
+    Raises:
+        CheckpointError: ``resume`` without a usable checkpoint of the same run.
+        ValueError: Bad device, or too little data for one batch.
+    """
+    started = time.perf_counter()
+    accelerator = make_accelerator(device, config.mixed_precision)
+    main = accelerator.is_main_process
+    registry = ModelRegistry(models_dir)
+    ckpt_dir = registry.checkpoint_dir("fusion")
+    cache = Path(cache_dir) if cache_dir is not None else Path(models_dir) / "cache"
+    view = IndexView.open(index_dir)
+    settings = settings or load_settings()
+
+    def make_encoder() -> QueryEncoder:
+        return encoder(view) if encoder is not None else QueryEncoder.for_index(view, settings)
+
+    data: FusionData | None = None
+    if main:  # the first process encodes what is not cached yet; the others read the cache
+        data = build_fusion_data(view, config, cache, make_encoder, show)
+    accelerator.wait_for_everyone()
+    if data is None:
+        data = build_fusion_data(view, config, cache, None, False)
+    data_seconds = time.perf_counter() - started
+    batches = FusionBatches(data, config, accelerator.process_index, accelerator.num_processes)
+    steps_per_epoch = batches.steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
+    objective = FusionObjective(new_head(data, config), config)
+    optimizer, scheduler = make_optimizer(objective, config, total_steps)
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1,
+                             "bad_epochs": 0, "train_seconds": 0.0,
+                             "history": {"steps": [], "epochs": []}}
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume:
+        tensors, meta = load_checkpoint(ckpt_dir)
+        _check_resume(meta, config, data.snapshot, ckpt_dir)
+        objective.load_state_dict(prefixed(tensors, "model"))
+        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        scheduler.load_state_dict(meta["scheduler"])
+        best_state = prefixed(tensors, "best") or None
+        restore_rng(tensors)
+        state.update({k: meta[k] for k in state})
+        logger.info("resuming at epoch %d, step %d", state["epoch"], state["step"])
+
+    history = state["history"]
+    if main and not resume:  # "before": the fresh head on the validation split
+        history["epochs"].append({"epoch": 0, "step": 0, "seconds": 0.0, "train": {},
+                                  "valid": evaluate(HeadFusion(objective.head), data, VALID,
+                                                    kinds=("text_photo", "photo"))})
+    model, optimizer = accelerator.prepare(objective, optimizer)
+    unwrapped: FusionObjective = accelerator.unwrap_model(model)
+    dev = accelerator.device
+    stopped = "epochs"
+    bar = progress(total_steps, "train fusion", "step", show if main else False) \
+        if main else None
+    if bar is not None and state["step"]:
+        bar.update(state["step"])
+    train_started = time.perf_counter() - state["train_seconds"]
+    epoch = state["epoch"]
+    while epoch < config.epochs:
+        if stop_after is not None and epoch >= stop_after:
+            stopped = "paused"
+            break
+        model.train()
+        sums: dict[str, float] = {}
+        for step in range(steps_per_epoch):
+            batch = to_torch(batches.get(epoch, step), dev)
+            with accelerator.autocast():
+                loss, parts = model(batch)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            if main:
+                record = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()),
+                          "lr": scheduler.get_last_lr()[0],
+                          **{k: float(v) for k, v in parts.items()}}
+                history["steps"].append(record)
+                for k in ("loss", *parts):
+                    sums[k] = sums.get(k, 0.0) + record[k]
+                bar.update(1)  # type: ignore[union-attr]
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=epoch + 1)
+        epoch += 1
+        state["epoch"] = epoch
+        state["train_seconds"] = time.perf_counter() - train_started
+        decision = [None]
+        if main:
+            metrics = evaluate(HeadFusion(unwrapped.head, dev), data, VALID,
+                               kinds=("text_photo", "photo"))
+            value = monitor_value(metrics, config.monitor)
+            improved = value > state["best"] + config.min_delta
+            if improved:
+                state.update(best=value, best_epoch=epoch, bad_epochs=0)
+                best_state = {k: v.detach().cpu().clone()
+                              for k, v in unwrapped.head.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+            history["epochs"].append({
+                "epoch": epoch, "step": state["step"], "monitor": value,
+                "seconds": state["train_seconds"],
+                "train": {k: v / max(1, steps_per_epoch) for k, v in sums.items()},
+                "valid": metrics})
+            logger.info("epoch %d: loss %.4f, valid %s = %.4f%s", epoch,
+                        sums.get("loss", 0.0) / max(1, steps_per_epoch), config.monitor, value,
+                        " (best)" if improved else "")
+            save_checkpoint(ckpt_dir, model=unwrapped.state_dict(), best=best_state,
+                            optimizer=optimizer.state_dict(), meta={
+                                **{k: state[k] for k in state}, "config": config.to_dict(),
+                                "data_snapshot": data.snapshot,
+                                "scheduler": scheduler.state_dict(), "finished": False})
+            if state["bad_epochs"] >= config.patience:
+                decision = ["early-stopped"]
+            elif state["train_seconds"] > config.max_minutes * 60:
+                decision = ["time-budget"]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            decision = broadcast_object_list(decision)
+        accelerator.wait_for_everyone()
+        if decision[0] is not None:
+            stopped = str(decision[0])
+            break
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    result = TrainResult(None, None, {}, history, seconds, epoch, state["step"], stopped,
+                         data.info)
+    if not main or stopped == "paused":
+        accelerator.wait_for_everyone()
+        return result
+
+    head = copy.deepcopy(unwrapped.head).cpu()
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    head.eval()
+    test = evaluate(HeadFusion(head), data, TEST)
+    valid = next((e["valid"] for e in history["epochs"] if e["epoch"] == state["best_epoch"]),
+                 {})
+    metrics = {"valid": valid, "test": test, "best_epoch": state["best_epoch"],
+               "monitor": config.monitor, "best": state["best"]}
+    training = {"seconds": round(state["train_seconds"], 1),
+                "data_seconds": round(data_seconds, 1), "epochs": epoch,
+                "steps": state["step"], "stopped": stopped,
+                "device": str(dev), "processes": accelerator.num_processes,
+                "mixed_precision": str(accelerator.mixed_precision),
+                "torch": torch.__version__}
+
+    def write(folder: Path) -> None:
+        save_head(head, folder, extra={
+            "config": config.to_dict(), "data_snapshot": data.snapshot, "metrics": metrics,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "index": data.info["index"], "data": data.info, "training": training,
+            "calibration": unwrapped.calibration()})
+        import json
+
+        (folder / HISTORY).write_text(json.dumps(history) + "\n")
+
+    version, artifact = registry.publish("fusion", write)
+    save_checkpoint(ckpt_dir, model=unwrapped.state_dict(), best=best_state,
+                    optimizer=optimizer.state_dict(), meta={
+                        **{k: state[k] for k in state}, "config": config.to_dict(),
+                        "data_snapshot": data.snapshot, "scheduler": scheduler.state_dict(),
+                        "finished": True, "artifact": version})
+    logger.info("fusion head %s written to %s (%s after %d epochs, %.0f s training)",
+                version, artifact, stopped, epoch, state["train_seconds"])
+    accelerator.wait_for_everyone()
+    result.version, result.artifact, result.metrics = version, artifact, metrics
+    return result
+

@@ -1,0 +1,206 @@
+"""The fusion-head training configuration: a frozen dataclass read from ``[train.fusion]``.
+
+Precedence, lowest to highest: the defaults below, the ``[train.fusion]`` table of the TOML
+file (``--config``, ``$SHOPASSIST_CONFIG`` or ``./shopassist.toml``: the same file as the
+engine's ``[retrieval]`` settings), ``SHOPASSIST_FUSION_<FIELD>`` environment variables, then
+explicit overrides. The defaults train a head on the 44k catalog's stored vectors in well
+under 10 minutes on 2 CPU cores (see ``benchmarks/fusion_training.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SHOPASSIST_FUSION_"
+DEFAULT_CONFIG_FILE = Path("shopassist.toml")
+MONITORS = ("mean", "text_photo_ndcg", "photo_r1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionConfig:
+    """How a fusion head is trained (architecture, optimisation, data).
+
+    Attributes:
+        seed: Seeds the data order, sampling, photos and initialisation.
+        dim: Width of the head's shared space.
+        hidden: Width of each slot's MLP.
+        dropout: Dropout inside the MLPs.
+        epochs: Most passes over the training products.
+        batch_size: Products (and their text queries) per optimiser step, over all processes.
+        photo_batch: Photo queries per step, over all processes.
+        logged_batch: Logged query-product pairs per step (when a dataset is given).
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up before the cosine decay.
+        temperature: InfoNCE softmax temperature.
+        text_drop: Probability that a product is shown to a query with its text slots
+            dropped (image slots only): what teaches words to reach photos.
+        photo_text_drop: The same for the products of photo queries.
+        w_attribute: Weight of attribute queries' InfoNCE.
+        w_document: Weight of the product text <-> product photo InfoNCE.
+        w_photo: Weight of photo queries' InfoNCE.
+        w_match: Weight of the match BCE on positives and hard negatives.
+        w_logged: Weight of the logged pairs' losses.
+        patience: Epochs without improvement of the monitored metric before stopping.
+        min_delta: The least change that counts as an improvement.
+        monitor: ``mean`` (of the two below), ``text_photo_ndcg`` or ``photo_r1``.
+        max_minutes: Training stops (keeping the best epoch) after this many minutes.
+        texts_per_product: Attribute phrasings drawn per training product.
+        price_share: Share of phrasings with price words ("under 1500").
+        photos_per_larger: Shoppers' photos per training product with a larger photo.
+        catalog_photos: Training products photographed from their catalog photo.
+        eval_catalog_photos: Validation (and test) products photographed likewise.
+        photos_dir: Folder of larger photos ``<product_id>.jpg`` ("" = the shared data's
+            ``fashion_300px/images`` when present).
+        eval_queries: Held-out attribute queries per validation / test split.
+        eval_min_relevant: A held-out query is asked only of attributes that at least this
+            many held-out products have.
+        fractions: Shares of products in train, valid and test.
+        dataset: Logged pairs: a ``shopassist dataset`` folder or an event-log URL ("" =
+            catalog self-supervision only).
+        mixed_precision: ``auto`` (bf16 on CUDA where supported, else fp16; none on CPU),
+            ``no``, ``fp16`` or ``bf16``.
+    """
+
+    seed: int = 0
+    dim: int = 256
+    hidden: int = 768
+    dropout: float = 0.1
+    epochs: int = 40
+    batch_size: int = 512
+    photo_batch: int = 256
+    logged_batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    temperature: float = 0.05
+    text_drop: float = 0.5
+    photo_text_drop: float = 0.0
+    w_attribute: float = 1.0
+    w_document: float = 0.5
+    w_photo: float = 1.0
+    w_match: float = 0.5
+    w_logged: float = 1.0
+    patience: int = 5
+    min_delta: float = 0.002
+    monitor: str = "mean"
+    max_minutes: float = 9.0
+    texts_per_product: int = 4
+    price_share: float = 0.2
+    photos_per_larger: int = 3
+    catalog_photos: int = 8000
+    eval_catalog_photos: int = 400
+    photos_dir: str = ""
+    eval_queries: int = 300
+    eval_min_relevant: int = 3
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    dataset: str = ""
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {', '.join(MONITORS)} "
+                             f"(got {self.monitor!r}).")
+        if not 0.0 <= self.text_drop <= 1.0 or not 0.0 <= self.photo_text_drop <= 1.0:
+            raise ValueError("text_drop and photo_text_drop are probabilities in [0, 1].")
+        if self.batch_size < 2 or self.photo_batch < 0 or self.epochs < 1:
+            raise ValueError("batch_size must be at least 2, photo_batch at least 0 and "
+                             "epochs at least 1.")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16 (got "
+                             f"{self.mixed_precision!r}).")
+        if len(self.fractions) != 3 or abs(sum(self.fractions) - 1.0) > 1e-6 \
+                or min(self.fractions) < 0:
+            raise ValueError(f"fractions are three shares (train, valid, test) summing to 1 "
+                             f"(got {self.fractions}).")
+
+    def replace(self, **changes: Any) -> FusionConfig:
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["fractions"] = list(self.fractions)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> FusionConfig:
+        return _apply(cls(), data, where)
+
+
+def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            return tuple(float(v) for v in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} = {value!r} in {where} is not a list of numbers.") \
+                from None
+    if isinstance(value, str) and hint is not str:
+        text = value.strip().lower()
+        if hint is bool and text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return text in ("1", "true", "yes", "on")
+        try:
+            if hint is not bool:
+                return hint(text)
+        except ValueError:
+            pass
+        raise ValueError(f"{name} = {value!r} in {where} is not a valid {hint.__name__}.")
+    ok = {bool: isinstance(value, bool), str: isinstance(value, str),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool)}.get(hint)
+    if not ok:
+        raise ValueError(f"{name} = {value!r} in {where} is a {type(value).__name__}, not a "
+                         f"{getattr(hint, '__name__', hint)}.")
+    return hint(value)
+
+
+def _apply(base: FusionConfig, values: Mapping[str, Any], where: str) -> FusionConfig:
+    hints = typing.get_type_hints(FusionConfig)
+    changes = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"Unknown setting {key!r} in {where}; known: "
+                             f"{', '.join(sorted(hints))}.")
+        changes[key] = _coerce(value, hints[key], key, where)
+    return dataclasses.replace(base, **changes)
+
+
+def load_fusion_config(config_file: str | os.PathLike[str] | None = None,
+                       environ: Mapping[str, str] | None = None, **overrides: Any
+                       ) -> FusionConfig:
+    """Resolves the training configuration (see the module docstring for precedence).
+
+    Raises:
+        FileNotFoundError: ``config_file`` (or ``$SHOPASSIST_CONFIG``) does not exist.
+        ValueError: Unknown keys, wrong types or invalid values.
+    """
+    env = os.environ if environ is None else environ
+    config = FusionConfig()
+    path = config_file or env.get("SHOPASSIST_CONFIG")
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {path} does not exist.")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"Config file {path} is not valid TOML: {exc}.") from None
+        table = data.get("train", {}).get("fusion", {})
+        if not isinstance(table, dict):
+            raise ValueError(f"In {path}, [train.fusion] must be a table.")
+        config = _apply(config, table, f"{path} [train.fusion]")
+    from_env = {f.name: env[ENV_PREFIX + f.name.upper()] for f in dataclasses.fields(config)
+                if ENV_PREFIX + f.name.upper() in env}
+    if from_env:
+        config = _apply(config, from_env, "the environment")
+    return config.replace(**overrides)

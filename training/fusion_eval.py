@@ -1,0 +1,193 @@
+"""Held-out evaluation of a fusion: text -> photo, text -> product, photo -> same product.
+
+A *system* is anything with the :class:`retrieval.fusion.Fusion` ``fuse`` method: the
+training-free weighted concatenation, a trained head (:class:`HeadFusion` over a module in
+training, or :class:`retrieval.fusion_head.LearnedFusion` over an artifact), or a baseline
+such as :class:`RidgeMap`. Each query kind is scored with :mod:`retrieval.metrics`, the
+same functions the search benchmarks use:
+
+- **text -> photo** (titles ignored, as for products with poor titles): held-out attribute
+  queries against the held-out products with their text slots left out; relevant = every
+  such product with the asked attributes.
+- **text -> product**: the same queries against the same products, whole.
+- **photo -> same product**: held-out products' shoppers' photos against the whole catalog.
+
+A re-ranking stage (the ranking head) plugs in as ``rerank``: it receives the query's slot
+vectors and the candidate rows with the fused scores, and returns the new order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from retrieval.encoders import l2_normalise
+from retrieval.metrics import binary_report, rank_in_chunks
+from training.fusion_data import FusionData
+from training.fusion_queries import matches
+
+K = 10
+# (query slots, candidate rows, fused top-N rows (n, N)) -> re-ordered rows (n, >=K)
+Reranker = Callable[[Mapping[str, np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+
+
+class FuseFn(Protocol):
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray: ...
+
+
+class HeadFusion:
+    """The ``fuse`` of a :class:`FusionHead` module (eval mode, no gradient, batched)."""
+
+    def __init__(self, head: torch.nn.Module, device: torch.device | str = "cpu",
+                 batch: int = 8192) -> None:
+        self.head, self.device, self.batch = head, torch.device(device), batch
+
+    @torch.no_grad()
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+        was = self.head.training
+        self.head.eval()
+        try:
+            out = []
+            for s in range(0, n, self.batch):
+                part = {k: torch.from_numpy(np.ascontiguousarray(v[s:s + self.batch],
+                                                                 dtype=np.float32))
+                        .to(self.device) for k, v in slots.items() if v is not None}
+                out.append(self.head(part).float().cpu().numpy())
+            return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        finally:
+            self.head.train(was)
+
+
+class RidgeMap:
+    """Baseline: a ridge regression from the image slots into a text slot's space.
+
+    Fitted in closed form on training products (their image slots -> their own stored text
+    vector); a product is then represented by its mapped photo and a text query by its own
+    vector in that slot. Only for text -> photo (it has nothing to say about photos).
+    """
+
+    def __init__(self, image_slots: Sequence[str], text_slot: str, alpha: float = 10.0
+                 ) -> None:
+        self.image_slots, self.text_slot, self.alpha = list(image_slots), text_slot, alpha
+        self.weights: np.ndarray | None = None
+
+    def _x(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+        parts = [np.asarray(slots[s], dtype=np.float64) for s in self.image_slots]
+        return np.concatenate([*parts, np.ones((n, 1))], axis=1)
+
+    def fit(self, products: Mapping[str, np.ndarray], rows: np.ndarray) -> RidgeMap:
+        x = self._x({s: products[s][rows] for s in self.image_slots}, len(rows))
+        y = np.asarray(products[self.text_slot][rows], dtype=np.float64)
+        gram = x.T @ x
+        gram[np.diag_indices_from(gram)] += self.alpha
+        self.weights = np.linalg.solve(gram, x.T @ y)
+        return self
+
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+        if self.weights is None:
+            raise ValueError("Fit the ridge map first (RidgeMap.fit).")
+        if all(slots.get(s) is not None for s in self.image_slots):
+            return l2_normalise((self._x(slots, n) @ self.weights).astype(np.float32))
+        text = slots.get(self.text_slot)
+        if text is None:
+            raise ValueError(f"RidgeMap needs the image slots or the {self.text_slot!r} slot.")
+        return l2_normalise(np.asarray(text, dtype=np.float32))
+
+
+def _slots(data: FusionData, rows: np.ndarray, keep: Sequence[str]) -> dict[str, np.ndarray]:
+    return {s: data.products[s][rows].astype(np.float32) for s in keep}
+
+
+def _report(ranking: np.ndarray, relevant: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    hits = np.take_along_axis(relevant, ranking, axis=1)
+    n_rel = relevant.sum(axis=1)
+    report = binary_report(hits, n_rel, ks=(1, 5, 10))
+    discounts = 1.0 / np.log2(np.arange(2, ranking.shape[1] + 2))
+    ideal = np.array([discounts[:min(int(r), ranking.shape[1])].sum() for r in n_rel])
+    per_query = (hits * discounts).sum(axis=1) / np.maximum(ideal, 1e-12)
+    return report, per_query
+
+
+def text_queries(data: FusionData, split: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ids = data.eval_texts[split]
+    return ids, {s: v[ids].astype(np.float32) for s, v in data.text_vectors.items()}
+
+
+def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[str] =
+             ("text_photo", "text_product", "photo"), rerank: Reranker | None = None,
+             breakdown: bool = False) -> dict[str, Any]:
+    """Scores one system on one held-out split.
+
+    Args:
+        system: What fuses query and product slots.
+        data: The pairs (held-out queries, photos, products).
+        split: 1 (valid) or 2 (test).
+        kinds: Which query kinds to score (``text_photo``, ``text_product``, ``photo``).
+        rerank: Optional re-ranking of the fused top 100 (the ranking head's hook).
+        breakdown: Also NDCG@10 of text -> photo per category.
+
+    Returns:
+        Per kind: ``R@1``, ``R@5``, ``R@10``, ``P@10``, ``MRR``, ``NDCG@10`` and ``n``;
+        ``photo_larger`` for the photos made from larger photos; ``by_category``.
+    """
+    out: dict[str, Any] = {}
+    rows = np.flatnonzero(data.split == split)
+    ids, query = text_queries(data, split)
+    relevant = matches(data.text_codes[ids], data.codes.codes[rows]) if len(ids) else None
+
+    def ranked(q: Mapping[str, np.ndarray], items: np.ndarray, candidates: np.ndarray
+               ) -> np.ndarray:
+        fused_q = system.fuse(q, len(next(iter(q.values()))))
+        depth = 100 if rerank is not None else K
+        top = rank_in_chunks(fused_q, items, min(depth, len(items)))
+        if rerank is not None:
+            top = rerank(q, candidates, top)[:, :K]
+        return top
+
+    for kind in ("text_photo", "text_product"):
+        if kind not in kinds or relevant is None:
+            continue
+        keep = data.image_slots if kind == "text_photo" else list(data.products)
+        items = system.fuse(_slots(data, rows, keep), len(rows))
+        top = ranked(query, items, rows)
+        report, per_query = _report(top, relevant)
+        out[kind] = {**report, "n": len(ids)}
+        if breakdown and kind == "text_photo":
+            cat = data.codes.names.index("category")
+            names = data.codes.values[cat]
+            cats = data.text_codes[ids, cat]
+            out["by_category"] = {
+                names[c]: {"NDCG@10": float(per_query[cats == c].mean()),
+                           "n": int((cats == c).sum())}
+                for c in np.unique(cats) if c >= 0}
+    if "photo" in kinds:
+        sel = np.flatnonzero(data.photo_split == split)
+        if len(sel):
+            everything = np.arange(data.n)
+            items = system.fuse(_slots(data, everything, list(data.products)), data.n)
+            q = {s: v[sel].astype(np.float32) for s, v in data.photo_vectors.items()}
+            top = ranked(q, items, everything)
+            target = data.photo_rows[sel]
+            hits = top == target[:, None]
+            n_rel = np.ones(len(sel), dtype=int)
+            out["photo"] = {**binary_report(hits, n_rel, ks=(1, 5, 10)), "n": len(sel)}
+            larger = data.photo_larger[sel]
+            if larger.any():
+                out["photo_larger"] = {**binary_report(hits[larger], n_rel[larger],
+                                                       ks=(1, 5, 10)), "n": int(larger.sum())}
+    return out
+
+
+def monitor_value(metrics: Mapping[str, Any], monitor: str) -> float:
+    """The validation figure early stopping watches."""
+    text = float(metrics.get("text_photo", {}).get("NDCG@10", 0.0))
+    photo = float(metrics.get("photo", {}).get("R@1", 0.0))
+    if monitor == "text_photo_ndcg":
+        return text
+    if monitor == "photo_r1":
+        return photo
+    present = [v for k, v in (("text_photo", text), ("photo", photo)) if k in metrics]
+    return float(np.mean(present)) if present else 0.0

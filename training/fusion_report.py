@@ -1,0 +1,236 @@
+"""``shopassist eval``: untrained vs trained fusion on held-out catalog queries, as a report.
+
+Writes ``report.md`` with PNG plots (loss curves, Recall@K and NDCG@10 before/after, the
+per-category breakdown) and ``results.json``. Systems are compared on the artifact's own
+held-out split (the same product hash split it was trained with), so no product in the
+report was trained on. The ranking head adds its columns through ``extra_systems``: a name
+mapped to a fusion and an optional re-ranker of the fused top 100 (see
+:data:`training.fusion_eval.Reranker`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.config import Settings
+from retrieval.fusion_head import LearnedFusion
+from retrieval.refuse import training_free_fusion
+from training.fusion_config import FusionConfig
+from training.fusion_data import SPLIT_NAMES, FusionData, build_fusion_data
+from training.fusion_encode import IndexView, QueryEncoder
+from training.fusion_eval import FuseFn, Reranker, RidgeMap, evaluate
+from training.registry import HISTORY
+
+logger = logging.getLogger(__name__)
+
+KINDS = {"text_photo": "Text → photo (titles ignored)", "text_product": "Text → product",
+         "photo": "Photo → same product", "photo_larger": "Photo → same product (larger "
+         "photos only)"}
+METRICS = ("R@1", "R@5", "R@10", "MRR", "NDCG@10")
+
+
+@dataclass
+class EvalResults:
+    """Per system, per query kind, the metrics; plus what was evaluated."""
+
+    systems: dict[str, dict[str, Any]]
+    history: dict[str, Any]
+    meta: dict[str, Any]
+    data: dict[str, Any]
+    split: str
+
+
+def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Settings, *,
+                      cache_dir: Path | None, split: str = "test",
+                      extra_systems: Mapping[str, tuple[FuseFn, Reranker | None]] = (),  # type: ignore[assignment]
+                      show: bool | None = None) -> EvalResults:
+    """Scores the training-free fusion, a ridge baseline and the trained head.
+
+    Args:
+        index_dir: The index (its stored vectors; nothing is written to it).
+        artifact: A fusion head folder (``models/fusion/vNNNN``).
+        settings: Loads the index's encoders when a query is not cached yet.
+        cache_dir: Query encoding cache (shared with training).
+        split: ``test`` (default) or ``valid``.
+        extra_systems: More columns: name -> (fusion, optional re-ranker).
+
+    Raises:
+        ArtifactError: The artifact is corrupted or does not fit the index's slots.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test (got {split!r}).")
+    part = SPLIT_NAMES.index(split)
+    learned = LearnedFusion.load(artifact)
+    view = IndexView.open(index_dir)
+    learned.check_slots([(s.name, s.dim) for s in view.slots])
+    config = FusionConfig.from_dict(learned.meta.get("config", {}), f"{artifact}/head.json")
+    data = build_fusion_data(view, config, cache_dir,
+                             lambda: QueryEncoder.for_index(view, settings), show)
+    systems: dict[str, tuple[FuseFn, Reranker | None]] = {
+        "untrained fusion": (training_free_fusion(view.manifest), None)}
+    ridge = ridge_baseline(data)
+    if ridge is not None:
+        systems["ridge map (image → text)"] = (ridge, None)
+    systems[f"trained fusion {Path(artifact).name}"] = (learned, None)
+    systems.update(dict(extra_systems))
+    results = {}
+    for name, (system, rerank) in systems.items():
+        kinds = ("text_photo",) if isinstance(system, RidgeMap) else \
+            ("text_photo", "text_product", "photo")
+        started = time.perf_counter()
+        results[name] = evaluate(system, data, part, kinds=kinds, rerank=rerank,
+                                 breakdown=True)
+        logger.info("evaluated %s in %.1f s", name, time.perf_counter() - started)
+    try:
+        history = json.loads((Path(artifact) / HISTORY).read_text())
+    except (OSError, json.JSONDecodeError):
+        history = {"steps": [], "epochs": []}
+    return EvalResults(results, history, learned.meta, data.info, split)
+
+
+def ridge_baseline(data: FusionData, alpha: float = 10.0) -> RidgeMap | None:
+    """The closed-form ridge map from the image slots into the (first) text slot's space."""
+    text = [s for s in data.text_slots if s in data.text_vectors]
+    if not text or not data.image_slots:
+        return None
+    return RidgeMap(data.image_slots, text[-1], alpha).fit(
+        data.products, np.flatnonzero(data.split == 0))
+
+
+def _table(results: Mapping[str, Mapping[str, Any]], kind: str) -> list[str]:
+    rows = [(name, r[kind]) for name, r in results.items() if kind in r]
+    if not rows:
+        return []
+    n = rows[0][1].get("n", "")
+    lines = [f"### {KINDS[kind]} ({n} queries)", "", "| system | " + " | ".join(METRICS) + " |",
+             "|---|" + "---:|" * len(METRICS)]
+    for name, r in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS) + " |")
+    return [*lines, ""]
+
+
+def write_report(results: EvalResults, out: str | Path) -> Path:
+    """Writes ``report.md``, ``results.json`` and the PNG plots into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(results, out)
+    meta = results.meta
+    training = meta.get("training", {})
+    lines = [f"# Fusion head evaluation — {results.split} split", "",
+             f"- artifact: `{meta.get('sha256', '')[:12]}` created {meta.get('created', '')}, "
+             f"data snapshot `{meta.get('data_snapshot', '')}`",
+             f"- index: `{results.data['index']['folder']}` "
+             f"({results.data['index']['products']:,} products)",
+             f"- held-out products: {results.data['products']}",
+             f"- training: {training.get('seconds', '?')} s, {training.get('epochs', '?')} "
+             f"epochs ({training.get('stopped', '?')}), device {training.get('device', '?')}"
+             f" × {training.get('processes', 1)}",
+             f"- written {time.strftime('%Y-%m-%d %H:%M')}", ""]
+    for kind in KINDS:
+        lines += _table(results.systems, kind)
+    for name, path in plots.items():
+        lines += [f"![{name}]({path.name})", ""]
+    by_cat = {name: r.get("by_category", {}) for name, r in results.systems.items()}
+    categories = sorted({c for v in by_cat.values() for c in v},
+                        key=lambda c: -max(v.get(c, {}).get("n", 0) for v in by_cat.values()))
+    if categories:
+        names = list(by_cat)
+        lines += ["### Text → photo NDCG@10 by category", "",
+                  "| category | queries | " + " | ".join(names) + " |",
+                  "|---|---:|" + "---:|" * len(names)]
+        for c in categories:
+            n = max(v.get(c, {}).get("n", 0) for v in by_cat.values())
+            cells = [f"{by_cat[s][c]['NDCG@10']:.3f}" if c in by_cat[s] else "-" for s in names]
+            lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Ranker columns (trained fusion + ranking head) are added by passing the ranking "
+              "head as an extra system (`evaluate_artifact(..., extra_systems=...)`).", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    (out / "results.json").write_text(json.dumps({
+        "split": results.split, "systems": results.systems, "data": results.data,
+        "artifact": {k: meta.get(k) for k in ("sha256", "created", "data_snapshot",
+                                             "metrics", "training")}},
+        indent=2, default=str) + "\n")
+    return report
+
+
+def _plots(results: EvalResults, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, Path] = {}
+    steps = results.history.get("steps", [])
+    epochs = results.history.get("epochs", [])
+    if steps:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        x = [s["step"] for s in steps]
+        for key in [k for k in steps[0] if k not in ("step", "epoch", "lr")]:
+            y = np.array([s.get(key, np.nan) for s in steps], dtype=float)
+            window = max(1, len(y) // 50)
+            smooth = np.convolve(y, np.ones(window) / window, mode="valid")
+            ax1.plot(x[window - 1:], smooth, label=key, lw=2 if key == "loss" else 1)
+        ax1.set(xlabel="step", ylabel="loss", title="Training loss (smoothed)")
+        ax1.legend(fontsize=8)
+        if epochs:
+            ex = [e["epoch"] for e in epochs]
+            for key, label in (("text_photo", "text → photo NDCG@10"),
+                               ("photo", "photo → product R@1")):
+                metric = "NDCG@10" if key == "text_photo" else "R@1"
+                ax2.plot(ex, [e["valid"].get(key, {}).get(metric, np.nan) for e in epochs],
+                         marker="o", label=label)
+            ax2.set(xlabel="epoch", ylabel="validation", title="Validation")
+            ax2.legend(fontsize=8)
+        fig.tight_layout()
+        paths["loss curves"] = out / "loss_curves.png"
+        fig.savefig(paths["loss curves"], dpi=110)
+        plt.close(fig)
+    kinds = [k for k in ("text_photo", "text_product", "photo")
+             if any(k in r for r in results.systems.values())]
+    if kinds:
+        fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+        names = list(results.systems)
+        width = 0.8 / len(names)
+        shown = ("R@1", "R@5", "R@10", "NDCG@10")
+        for ax, kind in zip(axes[0], kinds, strict=True):
+            for i, name in enumerate(names):
+                r = results.systems[name].get(kind)
+                if r is None:
+                    continue
+                ax.bar(np.arange(len(shown)) + i * width, [r[m] for m in shown], width,
+                       label=name)
+            ax.set_xticks(np.arange(len(shown)) + width * (len(names) - 1) / 2, shown)
+            ax.set(ylim=(0, 1), title=KINDS[kind])
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        paths["before and after"] = out / "before_after.png"
+        fig.savefig(paths["before and after"], dpi=110)
+        plt.close(fig)
+    by_cat = {n: r.get("by_category", {}) for n, r in results.systems.items()}
+    cats = sorted({c for v in by_cat.values() for c in v},
+                  key=lambda c: -max(v.get(c, {}).get("n", 0) for v in by_cat.values()))[:20]
+    if cats:
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(cats) + 1.5))
+        height = 0.8 / len(by_cat)
+        for i, (name, values) in enumerate(by_cat.items()):
+            ax.barh(np.arange(len(cats)) + i * height,
+                    [values.get(c, {}).get("NDCG@10", 0.0) for c in cats], height, label=name)
+        ax.set_yticks(np.arange(len(cats)) + height * (len(by_cat) - 1) / 2, cats)
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 1), xlabel="NDCG@10", title="Text → photo by category")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths["by category"] = out / "by_category.png"
+        fig.savefig(paths["by category"], dpi=110)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,251 @@
+"""The model registry: versioned artifacts on disk, and which one serves which index.
+
+Layout of a models folder::
+
+    models/
+      fusion/
+        v0001/            head.safetensors, head.json (config, data snapshot, metrics),
+                          history.json (loss curves)
+        v0002/
+        checkpoint/       the running (or last) training run's checkpoint
+        promotions.json   per index: the stack of promoted versions and a log
+
+An artifact appears under its version only when complete (written in a staging folder,
+then renamed). Promoting re-fuses the index with the head and switches it in atomically
+(:func:`retrieval.refuse.refuse`); rolling back re-fuses with the previously promoted head,
+or with the training-free fusion when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrieval.config import Settings
+from retrieval.fusion_head import ArtifactError, load_head
+from retrieval.manifest import IndexLayout, read_manifest
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("fusion",)
+PROMOTIONS = "promotions.json"
+HISTORY = "history.json"
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One artifact as ``models list`` shows it."""
+
+    kind: str
+    version: str
+    path: Path
+    created: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_snapshot: str = ""
+    sha256: str = ""
+    error: str = ""  # why the artifact cannot be used ("" when it loads)
+    promoted_for: tuple[str, ...] = ()
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"Unknown model kind {kind!r}; known: {', '.join(KINDS)}.")
+    return kind
+
+
+def _index_key(settings: Settings) -> str:
+    return str(Path(settings.index_dir).resolve())
+
+
+class ModelRegistry:
+    """Artifacts under ``root/<kind>/<version>/`` and their promotions."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, kind: str) -> Path:
+        return self.root / _check_kind(kind)
+
+    def checkpoint_dir(self, kind: str) -> Path:
+        return self.folder(kind) / "checkpoint"
+
+    def versions(self, kind: str) -> list[str]:
+        """Complete versions, oldest first."""
+        folder = self.folder(kind)
+        if not folder.is_dir():
+            return []
+        names = [p.name for p in folder.iterdir() if _VERSION.match(p.name) and p.is_dir()]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def path(self, kind: str, version: str) -> Path:
+        """The folder of ``version`` (``latest`` is the newest).
+
+        Raises:
+            ValueError: No such version (the message lists the known ones).
+        """
+        known = self.versions(kind)
+        if version == "latest" and known:
+            version = known[-1]
+        if version not in known:
+            raise ValueError(f"No {kind} model {version!r} in {self.folder(kind)}; known: "
+                             f"{', '.join(known) or 'none (train one with `shopassist train '}"
+                             f"{'' if known else kind + '`)'}.")
+        return self.folder(kind) / version
+
+    def publish(self, kind: str, write: Callable[[Path], Any]) -> tuple[str, Path]:
+        """Writes a new artifact with ``write(folder)`` and gives it the next version.
+
+        The folder is renamed into place only once ``write`` returned, so a listed version
+        is always complete.
+        """
+        folder = self.folder(kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".staging-{os.getpid()}-{time.time_ns()}"
+        staging.mkdir()
+        try:
+            write(staging)
+            for _ in range(100):
+                numbers = [int(v[1:]) for v in self.versions(kind)]
+                version = f"v{max(numbers, default=0) + 1:04d}"
+                try:
+                    os.rename(staging, folder / version)  # fails if another run took it
+                except OSError:
+                    continue
+                return version, folder / version
+            raise RuntimeError(f"Could not name a new version in {folder}.")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def entries(self, kind: str) -> list[ModelEntry]:
+        """Every version with its metrics, and whether it loads (hash and shapes checked)."""
+        promotions = self._read_promotions(kind)
+        serving: dict[str, list[str]] = {}
+        for index, record in promotions.get("indexes", {}).items():
+            if record.get("stack"):
+                serving.setdefault(record["stack"][-1], []).append(index)
+        out = []
+        for version in self.versions(kind):
+            path = self.folder(kind) / version
+            meta: dict[str, Any] = {}
+            error = ""
+            try:
+                _head, meta = load_head(path)
+            except ArtifactError as exc:
+                error = str(exc)
+                try:
+                    meta = json.loads((path / "head.json").read_text())
+                except (OSError, json.JSONDecodeError):
+                    meta = {}
+            out.append(ModelEntry(kind, version, path, str(meta.get("created", "")),
+                                  dict(meta.get("metrics", {})),
+                                  str(meta.get("data_snapshot", "")),
+                                  str(meta.get("sha256", "")), error,
+                                  tuple(serving.get(version, []))))
+        return out
+
+    # -- promotion ----------------------------------------------------------------------------
+
+    def _promotions_path(self, kind: str) -> Path:
+        return self.folder(kind) / PROMOTIONS
+
+    def _read_promotions(self, kind: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._promotions_path(kind).read_text())
+        except FileNotFoundError:
+            return {"indexes": {}}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self._promotions_path(kind)} is corrupt ({exc}); restore or "
+                             "delete it (promotions are also recorded in each index's "
+                             "manifest).") from None
+
+    def _write_promotions(self, kind: str, data: dict[str, Any]) -> None:
+        path = self._promotions_path(kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{PROMOTIONS}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def promoted(self, kind: str, settings: Settings) -> str | None:
+        """The version promoted for the index of ``settings`` (``None``: training-free)."""
+        record = self._read_promotions(kind)["indexes"].get(_index_key(settings), {})
+        stack = record.get("stack", [])
+        return stack[-1] if stack else None
+
+    def promote(self, kind: str, version: str, settings: Settings, *,
+                show: bool | None = None) -> str:
+        """Re-fuses the index with ``version`` and records it as promoted.
+
+        Returns:
+            The index version now serving.
+
+        Raises:
+            ValueError: Unknown version.
+            ArtifactError: The artifact is corrupted or was trained for other slots
+                (nothing is switched or recorded).
+        """
+        from retrieval.refuse import refuse
+
+        path = self.path(kind, version)
+        version = path.name
+        load_head(path)  # refuse a corrupted artifact before any work
+        index_version, seconds = refuse(settings, path, show=show)
+        self._record(kind, settings, "promote", version, index_version)
+        logger.info("promoted %s %s on %s as %s in %.1f s", kind, version, settings.index_dir,
+                    index_version, seconds)
+        return index_version
+
+    def rollback(self, kind: str, settings: Settings, *, show: bool | None = None
+                 ) -> tuple[str | None, str]:
+        """Goes back to the previously promoted version, or the training-free fusion.
+
+        Returns:
+            The version now serving (``None``: training-free) and the index version.
+
+        Raises:
+            ValueError: Nothing to roll back (the index already uses the training-free
+                fusion and nothing was promoted).
+            ArtifactError: The previous artifact no longer loads.
+        """
+        from retrieval.refuse import refuse
+
+        data = self._read_promotions(kind)
+        stack = list(data["indexes"].get(_index_key(settings), {}).get("stack", []))
+        if not stack:
+            fusion = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]
+            if fusion.get("kind") != "learned-head":
+                raise ValueError(f"Nothing to roll back: {settings.index_dir} already serves "
+                                 "the training-free fusion.")
+        else:
+            stack.pop()
+        target = stack[-1] if stack else None
+        path = self.path(kind, target) if target else None
+        if path is not None:
+            load_head(path)
+        index_version, _ = refuse(settings, path, show=show)
+        self._record(kind, settings, "rollback", target, index_version, stack=stack)
+        return target, index_version
+
+    def _record(self, kind: str, settings: Settings, action: str, version: str | None,
+                index_version: str, stack: list[str] | None = None) -> None:
+        data = self._read_promotions(kind)
+        record = data["indexes"].setdefault(_index_key(settings), {"stack": [], "log": []})
+        if stack is not None:
+            record["stack"] = stack
+        elif version is not None:
+            record["stack"].append(version)
+        record["log"].append({"action": action, "version": version,
+                              "index_version": index_version,
+                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        self._write_promotions(kind, data)
