@@ -6,6 +6,13 @@ the slots it fills. Trained with InfoNCE + match BCE on query-product pairs, the
 space is what lets words reach photos on the offline profile (MiniLM text has no image
 counterpart), and it re-weights slots per query instead of fixed weights.
 
+A 256-wide shared space is coarser than the raw features for telling near-identical
+products apart, so the head's output keeps the training-free weighted concatenation beside
+the learned space: ``[sqrt(1 - s) * learned, sqrt(s) * weighted]``, whose cosine is
+``(1 - s) * learned cosine + s * training-free cosine``. The share ``s`` (``base_share``)
+is chosen on the validation split after training; a text query against a product without
+text still ranks by the learned space alone (the training-free part of that pair is zero).
+
 Artifacts are a folder with ``head.safetensors`` and ``head.json`` (architecture, slot
 names and dims, the weights' sha256, training config and metrics). Loading checks the
 hash and the shapes: a corrupted or mismatched artifact is refused with a clear error.
@@ -15,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +54,43 @@ class HeadConfig:
         dim: Width of the shared space.
         hidden: Width of each slot's MLP.
         dropout: Dropout inside the MLPs (training only).
+        base_weights: The training-free fusion's weight of each slot (same order).
+        base_share: Share ``s`` of the training-free cosine in the output's cosine
+            (0: the learned space alone, and then ``base_weights`` are unused).
     """
 
     slots: tuple[tuple[str, int], ...]
     dim: int = 256
     hidden: int = 512
     dropout: float = 0.1
+    base_weights: tuple[float, ...] = ()
+    base_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.base_share < 1.0:
+            raise ValueError(f"base_share is in [0, 1) (got {self.base_share}).")
+        if self.base_share and len(self.base_weights) != len(self.slots):
+            raise ValueError(f"base_weights needs one weight per slot ({len(self.slots)}), "
+                             f"got {len(self.base_weights)}.")
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the fused vectors: the shared space, plus the slots when blended."""
+        return self.dim + (sum(d for _, d in self.slots) if self.base_share else 0)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["slots"] = [list(s) for s in self.slots]
+        out["base_weights"] = list(self.base_weights)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeadConfig:
         return cls(slots=tuple((str(n), int(d)) for n, d in data["slots"]),
                    dim=int(data["dim"]), hidden=int(data["hidden"]),
-                   dropout=float(data.get("dropout", 0.0)))
+                   dropout=float(data.get("dropout", 0.0)),
+                   base_weights=tuple(float(w) for w in data.get("base_weights", ())),
+                   base_share=float(data.get("base_share", 0.0)))
 
 
 class FusionHead(nn.Module):
@@ -93,7 +121,28 @@ class FusionHead(nn.Module):
             total = part if total is None else total + part
         if total is None:
             raise ValueError(f"No input slot given; the head takes {self.names}.")
-        return nn.functional.normalize(total, dim=1)
+        learned = nn.functional.normalize(total, dim=1)
+        share = self.config.base_share
+        if not share:
+            return learned
+        parts = []
+        for (name, dim), weight in zip(self.config.slots, self.config.base_weights,
+                                       strict=True):
+            x = slots.get(name)
+            parts.append(learned.new_zeros((len(learned), dim)) if x is None
+                         else math.sqrt(weight) * x.to(learned.dtype))
+        base = nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
+        return torch.cat([math.sqrt(1.0 - share) * learned, math.sqrt(share) * base], dim=1)
+
+    def with_base_share(self, share: float, weights: Sequence[float] | None = None
+                        ) -> FusionHead:
+        """The same trained weights with another share of the training-free fusion."""
+        config = replace(self.config, base_share=float(share),
+                         base_weights=tuple(weights) if weights is not None
+                         else self.config.base_weights)
+        head = FusionHead(config)
+        head.load_state_dict(self.state_dict())
+        return head.train(self.training)
 
 
 def save_head(head: FusionHead, folder: str | Path, extra: Mapping[str, Any] | None = None
@@ -153,7 +202,7 @@ class LearnedFusion:
         self.head = head.eval()
         self.meta = dict(meta)
         self.folder = folder
-        self.dim = head.config.dim
+        self.dim = head.config.out_dim
         self.version = f"head-{str(meta['sha256'])[:12]}"
         self.slot_names = list(head.names)
 

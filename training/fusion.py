@@ -28,6 +28,7 @@ import torch
 from retrieval.config import Settings, load_settings
 from retrieval.fusion_head import FusionHead, HeadConfig, save_head
 from retrieval.progress import progress
+from retrieval.refuse import training_free_fusion
 from training.fusion_batches import FusionBatches, to_torch
 from training.fusion_checkpoint import (
     CheckpointError,
@@ -40,14 +41,14 @@ from training.fusion_checkpoint import (
 from training.fusion_config import FusionConfig
 from training.fusion_data import TEST, TRAIN, VALID, FusionData, build_fusion_data
 from training.fusion_encode import IndexView, QueryEncoder
-from training.fusion_eval import HeadFusion, evaluate, monitor_value
+from training.fusion_eval import HeadFusion, choose_base_share, evaluate, monitor_value
 from training.fusion_objective import FusionObjective
 from training.registry import HISTORY, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
 # Config fields a resumed run may change (they do not alter what is computed per step).
-RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs"}
+RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares"}
 
 
 @dataclass
@@ -313,11 +314,17 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     if best_state is not None:
         head.load_state_dict(best_state)
     head.eval()
+    weights = training_free_fusion(view.manifest).weights()
+    head = head.with_base_share(0.0, [weights[name] for name in head.names])
+    share, tried = choose_base_share(head, data, config.base_shares, VALID)
+    head = head.with_base_share(share).eval()
+    logger.info("blending %.2f of the training-free fusion (validation: %s)", share, tried)
     test = evaluate(HeadFusion(head), data, TEST)
     valid = next((e["valid"] for e in history["epochs"] if e["epoch"] == state["best_epoch"]),
                  {})
     metrics = {"valid": valid, "test": test, "best_epoch": state["best_epoch"],
-               "monitor": config.monitor, "best": state["best"]}
+               "monitor": config.monitor, "best": state["best"],
+               "base_share": {"chosen": share, "valid": tried}}
     training = {"seconds": round(state["train_seconds"], 1),
                 "data_seconds": round(data_seconds, 1), "epochs": epoch,
                 "steps": state["step"], "stopped": stopped,

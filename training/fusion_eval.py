@@ -191,3 +191,28 @@ def monitor_value(metrics: Mapping[str, Any], monitor: str) -> float:
         return photo
     present = [v for k, v in (("text_photo", text), ("photo", photo)) if k in metrics]
     return float(np.mean(present)) if present else 0.0
+
+
+def choose_base_share(head: torch.nn.Module, data: FusionData, shares: Sequence[float],
+                      split: int) -> tuple[float, dict[str, dict[str, float]]]:
+    """The share of the training-free fusion to blend into a trained head's output.
+
+    Tries each share on ``split`` (validation) and keeps the one with the best photo R@1 +
+    text -> product NDCG@10; text -> photo does not depend on it. ``head`` must carry the
+    training-free weights (:meth:`retrieval.fusion_head.FusionHead.with_base_share`).
+
+    Returns:
+        The chosen share and, per share tried, its two figures.
+    """
+    tried: dict[str, dict[str, float]] = {}
+    best, best_value = float(shares[0]), -np.inf
+    for share in shares:
+        metrics = evaluate(HeadFusion(head.with_base_share(share)), data, split,
+                           kinds=("text_product", "photo"))
+        figures = {"photo R@1": float(metrics.get("photo", {}).get("R@1", 0.0)),
+                   "text_product NDCG@10": float(metrics.get("text_product", {})
+                                                 .get("NDCG@10", 0.0))}
+        tried[f"{share:g}"] = figures
+        if sum(figures.values()) > best_value + 1e-9:
+            best, best_value = float(share), sum(figures.values())
+    return best, tried

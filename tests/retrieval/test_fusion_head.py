@@ -43,6 +43,30 @@ def test_save_load_round_trip_gives_the_same_outputs(tmp_path):
     torch.testing.assert_close(only_a, loaded({"a": x["a"], "b": torch.zeros(4, 3)}))
 
 
+def test_blended_output_mixes_learned_and_training_free_cosines(tmp_path):
+    torch.manual_seed(1)
+    learned = _head([("a", 5), ("b", 3)]).eval()
+    share, weights = 0.6, (1.0, 2.0)
+    blended = learned.with_base_share(share, weights).eval()
+    assert blended.config.out_dim == 8 + 5 + 3
+    x = {"a": torch.randn(4, 5), "b": torch.randn(4, 3)}
+    q = {"a": torch.randn(2, 5)}  # a query filling one slot only
+
+    def base(v):
+        parts = [(w ** 0.5) * v.get(n, torch.zeros(len(next(iter(v.values()))), d))
+                 for (n, d), w in zip((("a", 5), ("b", 3)), weights, strict=True)]
+        return torch.nn.functional.normalize(torch.cat(parts, 1), dim=1)
+
+    expected = (1 - share) * learned(q) @ learned(x).T + share * base(q) @ base(x).T
+    torch.testing.assert_close(blended(q) @ blended(x).T, expected)
+    # Saved and loaded, the share and weights come back with the weights.
+    loaded, meta = load_head(save_head(blended, tmp_path / "head"))
+    assert meta["architecture"]["base_share"] == share
+    torch.testing.assert_close(loaded(x), blended(x))
+    with pytest.raises(ValueError, match="base_weights"):
+        learned.with_base_share(0.5, (1.0,))
+
+
 def test_a_corrupted_artifact_is_refused(tmp_path):
     folder = save_head(_head([("a", 5)]), tmp_path / "head")
     weights = folder / "head.safetensors"

@@ -58,6 +58,11 @@ def test_artifact_records_config_snapshot_metrics(trained):
     assert {"text_photo", "text_product", "photo"} <= set(meta["metrics"]["test"])
     assert meta["training"]["processes"] == 1 and meta["created"]
     assert set(meta["calibration"]) == {"scale", "bias"}
+    # The blend with the training-free fusion was chosen on the validation split.
+    chosen = meta["metrics"]["base_share"]["chosen"]
+    assert chosen in tiny_config().base_shares and head.config.base_share == chosen
+    assert set(meta["metrics"]["base_share"]["valid"]) == \
+        {f"{s:g}" for s in tiny_config().base_shares}
     history = json.loads((trained.artifact / "history.json").read_text())
     assert len(history["steps"]) == trained.steps
     assert [n for n, _ in head.config.slots] == ["clip_image", "clip_text", "text"]
