@@ -122,13 +122,19 @@ class VectorStore:
     def count(self) -> int:
         return int(self.collection.count())
 
-    def query(self, vector: np.ndarray, n: int, where: Mapping[str, Any] | None = None
-              ) -> Hits:
-        """The ``n`` nearest records to ``vector`` passing ``where``; similarity = 1 - distance."""
+    def query(self, vector: np.ndarray, n: int, where: Mapping[str, Any] | None = None,
+              *, metadata: bool = False) -> Hits:
+        """The ``n`` nearest records to ``vector`` passing ``where``; similarity = 1 - distance.
+
+        ``metadata`` also fetches each record's metadata (else ``{}``): the engine keeps
+        its own product table, and fetching metadata doubles the cost of a 300-record query.
+        """
         result = self.collection.query(
             query_embeddings=[np.asarray(vector, dtype=np.float32)], n_results=max(1, n),
-            where=dict(where) if where else None, include=["distances", "metadatas"])
+            where=dict(where) if where else None,
+            include=["distances", "metadatas"] if metadata else ["distances"])
         ids = result["ids"][0]
         distances = np.asarray(result["distances"][0], dtype=np.float32)
+        found = (result.get("metadatas") or [None])[0] if metadata else None
         return Hits(ids=list(ids), similarities=1.0 - distances,
-                    metadatas=list(result["metadatas"][0] or [{}] * len(ids)))
+                    metadatas=list(found or [{}] * len(ids)))
