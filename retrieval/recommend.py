@@ -5,28 +5,40 @@ product and its exact duplicates (same photo bytes, or same photo and same text)
 ``complementary`` follows category rules (``rules/complements.toml``, or a shop's own file)
 within the product's gender, prefers the same usage and season, ranks by text similarity
 and interleaves categories so the list is an outfit, not ten belts. The learning loop adds
-co-interaction from the event log on top (``training/``).
+co-interaction from the event log on top: a promoted ranker's table of products carted or
+bought together (``training/cointeraction.py``) is blended with the rules.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from retrieval.filters import Filters
+from retrieval.ranker_features import QueryFacts
 from retrieval.search import SearchEngine, SearchHit, SearchResult
 
 DUPLICATE_COSINE = 0.999
+CO_BONUS = 0.5  # added to a complement's score at the strongest co-interaction
+CO_PARTNERS = 50  # co-interacted products considered per product
+TOGETHER = "bought together"
 
 
 def similar(engine: SearchEngine, product_id: str, k: int = 10,
-            filters: Filters | None = None) -> SearchResult:
+            filters: Filters | None = None, *, session: Sequence[Mapping[str, Any]] = (),
+            rerank: bool = True) -> SearchResult:
     """Products most like ``product_id`` (photo, colour and text), itself excluded.
+
+    With a ranker promoted for the index (and ``rerank``), the candidates are re-ordered by
+    its expected utility, using the shopper's ``session`` when given (see
+    :meth:`SearchEngine.search`).
 
     Raises:
         KeyError: Unknown product id.
@@ -37,7 +49,9 @@ def similar(engine: SearchEngine, product_id: str, k: int = 10,
     key = engine.records.image_keys[row]
     # Rank a few extra, then drop exact duplicates: the same photo bytes, or the same
     # vectors in every slot (the same product listed twice).
-    hits, exact = engine.rank(query, filters or Filters(), {}, min(k + 16, 200),
+    reranking = rerank and engine.ranker is not None
+    want = max(k, engine.ranker.candidates) if reranking and engine.ranker else k
+    hits, exact = engine.rank(query, filters or Filters(), {}, min(want + 16, 200),
                               {product.product_id})
     kept = []
     for hit in hits:
@@ -46,7 +60,9 @@ def similar(engine: SearchEngine, product_id: str, k: int = 10,
         if same_photo or min(hit.scores.values(), default=0.0) >= DUPLICATE_COSINE:
             continue
         kept.append(hit)
-    hits = [SearchHit(h.product, rank, h.score, h.scores, (f"similar to {product.title}", *h.why))
+    if reranking:
+        kept = engine.rerank(kept, QueryFacts("photo+text", filters or Filters()), session)
+    hits = [replace(h, rank=rank, why=(f"similar to {product.title}", *h.why))
             for rank, h in enumerate(kept[:k], start=1)]
     return SearchResult(hits=hits, filters=filters or Filters(), index_version=engine.version,
                         exact=exact)
@@ -68,24 +84,32 @@ def complementary(engine: SearchEngine, product_id: str, k: int = 10,
                   rules_file: str | None = None) -> SearchResult:
     """Products that go with ``product_id``: complementary categories, same gender.
 
+    When the index's promoted ranker carries a co-interaction table (products shoppers
+    carted or bought together), it is blended in: rule candidates bought together with the
+    product rise within their category (up to ``CO_BONUS``), and partners outside the rules
+    lead the list as their own "bought together" group.
+
     Raises:
         KeyError: Unknown product id.
     """
     product = engine.product(product_id)
+    me = engine.row_of[product.product_id]
     by_category, by_subcategory = load_rules(rules_file)
     targets = _targets(engine, product.category, product.attributes, by_category, by_subcategory)
-    if not targets:
+    co = _co_partners(engine, product.product_id)
+    if not targets and not co:
         return SearchResult(hits=[], filters=Filters(), index_version=engine.version)
-    key, values = targets
-    include: dict[str, tuple[str, ...]] = {key: tuple(values)}
+    key, values = targets or ("category", [])
+    include: dict[str, tuple[str, ...]] = {key: tuple(values)} if values else {}
     gender = product.attributes.get("gender")
     if gender:
         genders = [g for g in (gender, "Unisex") if g in engine.vocabulary.values.get("gender", [])]
         include["gender"] = tuple(genders or [gender])
     filters = Filters(include=include, in_stock=True)
-    mask = filters.mask(engine.table)
-    mask[engine.row_of[product.product_id]] = False
-    rows = np.flatnonzero(mask)
+    mask = filters.mask(engine.table) if values else np.zeros(len(engine), dtype=bool)
+    mask[me] = False
+    extra = [r for r in co if not mask[r] and r != me and engine.table.in_stock[r]]
+    rows = np.r_[np.flatnonzero(mask), np.array(extra, dtype=np.int64)].astype(np.int64)
     if rows.size == 0:
         return SearchResult(hits=[], filters=filters, index_version=engine.version)
     mine = engine.vectors_of(product.product_id)
@@ -98,12 +122,35 @@ def complementary(engine: SearchEngine, product_id: str, k: int = 10,
         value = product.attributes.get(attr)
         if value:
             score += bonus * (engine.table.column(attr)[rows] == value)
-    groups = engine.table.column(key)[rows]
-    picked = _interleave(rows, score, groups, values, k)
-    hits = [SearchHit(engine.products[r], rank, float(s), {"text": float(s)},
-                      (f"goes with {product.title}", f"{key}: {engine.table.column(key)[r]}"))
-            for rank, (r, s) in enumerate(picked, start=1)]
+    together = np.array([co.get(int(r), 0.0) for r in rows], dtype=np.float32)
+    score += CO_BONUS * together
+    groups = engine.table.column(key)[rows].astype(object)
+    groups[len(rows) - len(extra):] = TOGETHER
+    picked = _interleave(rows, score, groups, [TOGETHER, *values] if extra else values, k)
+    hits = []
+    for rank, (r, s) in enumerate(picked, start=1):
+        why = [f"goes with {product.title}"]
+        if co.get(r):
+            why.append(f"bought together with {product.title}")
+        if groups[np.flatnonzero(rows == r)[0]] != TOGETHER:
+            why.append(f"{key}: {engine.table.column(key)[r]}")
+        scores = {"text": float(s - CO_BONUS * co.get(r, 0.0))}
+        if co.get(r):
+            scores["together"] = co[r]
+        hits.append(SearchHit(engine.products[r], rank, float(s), scores, tuple(why)))
     return SearchResult(hits=hits, filters=filters, index_version=engine.version, exact=True)
+
+
+def _co_partners(engine: SearchEngine, product_id: str) -> dict[int, float]:
+    """Row -> co-interaction weight relative to the strongest partner (0..1], from the
+    promoted ranker's table; empty without one."""
+    table = engine.ranker.cointeraction if engine.ranker is not None else None
+    if table is None:
+        return {}
+    found = [(engine.row_of[p], w) for p, w in table.partners(product_id, CO_PARTNERS)
+             if p in engine.row_of]
+    top = max((w for _, w in found), default=0.0)
+    return {r: float(w / top) for r, w in found} if top > 0 else {}
 
 
 def _targets(engine: SearchEngine, category: str, attributes: Mapping[str, str],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,15 @@ from retrieval.config import Settings, load_settings
 from retrieval.encoders import IMAGE, Encoder, create_encoder, l2_normalise
 from retrieval.filters import Filters
 from retrieval.fusion import WeightedConcatFusion, slot_scores, weighted_score
+from retrieval.fusion_head import ArtifactError
 from retrieval.images import ImageLimits, ImageSource, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, check_contract, read_manifest
 from retrieval.preprocess import PhotoNormaliser, normalise_variants
 from retrieval.profiles import LoadedProfile, Profile, SlotDef
 from retrieval.publish import fusion_from_manifest
 from retrieval.query import ParsedQuery, QueryParser, Vocabulary
+from retrieval.ranker import Reranker, open_serving_ranker, slot_arrays
+from retrieval.ranker_features import QueryFacts, interactions_history, modality
 from retrieval.store import VectorStore, chroma_client
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,14 @@ logger = logging.getLogger(__name__)
 MAX_K = 200
 # With at most this many products passing the filters, score them all exactly.
 EXACT_MAX_ROWS = 4096
+# When at least this share of the catalog passes the filters, ask the ANN index without
+# them for (candidates / share) x POST_FILTER_MARGIN and filter afterwards: Chroma's
+# filtered HNSW is several times slower than an unfiltered query on broad filters
+# (gender=Women at 44k: 90 ms vs 13 ms), and the true top of a broad subset sits in the
+# unfiltered top. Falls back to the filtered query when too few candidates pass.
+POST_FILTER_SHARE = 0.2
+POST_FILTER_MARGIN = 2.0
+POST_FILTER_MAX = 1000
 # Parsed (not explicit) filters are relaxed in this order when nothing passes them.
 RELAX_ORDER = ("size", "material", "colour", "price", "in_stock", "subcategory", "category",
                "gender")
@@ -65,15 +76,19 @@ class SearchHit:
     score: float
     scores: Mapping[str, float]
     why: tuple[str, ...] = ()
+    ranking: Mapping[str, float] = field(default_factory=dict)  # the ranker's, if it ran
 
     def to_dict(self) -> dict[str, Any]:
         p = self.product
-        return {"rank": self.rank, "product_id": p.product_id, "title": p.title,
-                "score": round(self.score, 4),
-                "scores": {k: round(v, 4) for k, v in self.scores.items()},
-                "category": p.category, "price": p.price, "currency": p.currency,
-                "in_stock": p.in_stock, "attributes": dict(p.attributes), "image": p.image,
-                "why": list(self.why)}
+        out = {"rank": self.rank, "product_id": p.product_id, "title": p.title,
+               "score": round(self.score, 4),
+               "scores": {k: round(v, 4) for k, v in self.scores.items()},
+               "category": p.category, "price": p.price, "currency": p.currency,
+               "in_stock": p.in_stock, "attributes": dict(p.attributes), "image": p.image,
+               "why": list(self.why)}
+        if self.ranking:
+            out["ranking"] = {k: round(v, 4) for k, v in self.ranking.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -101,8 +116,9 @@ class SearchEngine:
 
     def __init__(self, *, folder: Path, manifest: dict[str, Any], loaded: LoadedProfile,
                  records: ProductRecords, vectors: dict[str, np.ndarray], store: VectorStore,
-                 settings: Settings) -> None:
+                 settings: Settings, ranker: Reranker | None = None) -> None:
         self.folder = folder
+        self.ranker = ranker
         self.manifest = manifest
         self.version = str(manifest["version"])
         self.profile = loaded
@@ -170,8 +186,15 @@ class SearchEngine:
             raise IndexStateError(
                 f"The vector store holds {store.count()} records but the index lists "
                 f"{len(records.products)} products; rebuild with `shopassist ingest`.")
+        try:
+            ranker = open_serving_ranker(root)
+        except ArtifactError as exc:
+            # Search stays up in similarity order; the cause is in the log.
+            logger.error("Not re-ranking %s: %s Promote another ranker or run `shopassist "
+                         "models rollback ranker`.", root, exc)
+            ranker = None
         return cls(folder=folder, manifest=manifest, loaded=profile, records=records,
-                   vectors=vectors, store=store, settings=settings)
+                   vectors=vectors, store=store, settings=settings, ranker=ranker)
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -271,7 +294,9 @@ class SearchEngine:
 
     def search(self, image: ImageSource | None = None, text: str | None = None,
                filters: Filters | None = None, k: int = 10, *, parse_text: bool = True,
-               relax: bool = True, exclude_ids: Sequence[str] = ()) -> SearchResult:
+               relax: bool = True, exclude_ids: Sequence[str] = (),
+               session: Sequence[Mapping[str, Any]] = (), rerank: bool = True
+               ) -> SearchResult:
         """Finds products by photo, words, or both, under structured filters.
 
         Args:
@@ -284,6 +309,11 @@ class SearchEngine:
             relax: When the constraints read from the words leave nothing, drop them one at
                 a time (reported in ``relaxed``).
             exclude_ids: Products never to return.
+            session: The shopper's earlier impressions — this conversation's, and their
+                earlier conversations' where the shop knows them — as mappings with
+                ``product_id`` and ``clicked`` / ``added_to_cart`` / ``purchased``: the
+                ranker's history features.
+            rerank: Let a promoted ranker re-order the candidates (off: similarity order).
 
         Returns:
             The ranked hits with per-modality scores and reasons.
@@ -314,8 +344,15 @@ class SearchEngine:
         timings["encode"] = _ms(t1)
         t2 = time.perf_counter()
         boosts = parsed.boosts if parsed else {}
-        hits, exact = self.rank(query, combined, boosts, k, set(exclude_ids))
+        reranking = rerank and self.ranker is not None and bool(query)
+        wanted = max(k, self.ranker.candidates) if reranking and self.ranker else k
+        hits, exact = self.rank(query, combined, boosts, wanted, set(exclude_ids))
         timings["search"] = _ms(t2)
+        if reranking:
+            t3 = time.perf_counter()
+            facts = QueryFacts(modality(query_image is not None, bool(text)), combined, boosts)
+            hits = self.rerank(hits, facts, session)[:k]
+            timings["rerank"] = _ms(t3)
         timings["total"] = _ms(t0)
         return SearchResult(hits=hits, filters=combined, parsed=parsed, relaxed=relaxed,
                             index_version=self.version, timings_ms=timings, exact=exact)
@@ -360,10 +397,7 @@ class SearchEngine:
             rows = np.flatnonzero(mask) if mask is not None else np.arange(len(self.products))
         else:
             want = min(allowed, max(4 * k, 64) + len(exclude))
-            hits = self.store.query(fused_query, want, filters.to_where())
-            rows = np.array([self.row_of[i] for i in hits.ids if i in self.row_of], dtype=int)
-            if mask is not None:
-                rows = rows[mask[rows]]
+            rows = self._ann_rows(fused_query, want, filters, mask, allowed)
         if not query:  # filters only: catalog order
             rows = rows[:k]
             return [SearchHit(self.products[r], i + 1, 0.0, {}, tuple(filters.describe()))
@@ -392,6 +426,46 @@ class SearchEngine:
                     why.append(f"{key}: {value}")
             out.append(SearchHit(self.products[row], rank, float(total[j]), scores, tuple(why)))
         return out, exact
+
+    def _ann_rows(self, fused_query: np.ndarray, want: int, filters: Filters,
+                  mask: np.ndarray | None, allowed: int) -> np.ndarray:
+        """Candidate rows from the ANN index: filtered by Chroma, or post-filtered here
+        when the filters are broad (see ``POST_FILTER_SHARE``)."""
+        share = allowed / max(1, len(self.products))
+        if mask is not None and share >= POST_FILTER_SHARE:
+            first = int(np.ceil(want / share * POST_FILTER_MARGIN))
+            # A query far from the filtered subset (a men's title under gender=Women) finds
+            # few of it near the top: one wider try before the filtered query.
+            for n in sorted({min(first, POST_FILTER_MAX), POST_FILTER_MAX}):
+                n = min(n, len(self.products))
+                hits = self.store.query(fused_query, n)
+                rows = np.array([self.row_of[i] for i in hits.ids if i in self.row_of],
+                                dtype=int)
+                rows = rows[mask[rows]] if rows.size else rows
+                if len(rows) >= want:
+                    return rows[:want]
+        hits = self.store.query(fused_query, want, filters.to_where())
+        rows = np.array([self.row_of[i] for i in hits.ids if i in self.row_of], dtype=int)
+        return rows[mask[rows]] if mask is not None and rows.size else rows
+
+    def rerank(self, hits: Sequence[SearchHit], query: QueryFacts,
+               session: Sequence[Mapping[str, Any]] = ()) -> list[SearchHit]:
+        """Re-orders candidates by the promoted ranker's expected utility (unchanged, with
+        ranks renumbered, when no ranker is promoted). Scores stay the similarity scores;
+        the ranker's predictions go in ``SearchHit.ranking``."""
+        if self.ranker is None or not hits:
+            return [replace(h, rank=i) for i, h in enumerate(hits, start=1)]
+        facts = self.ranker.facts(self.table)
+        rows = np.array([self.row_of[h.product.product_id] for h in hits], dtype=np.int64)
+        history = interactions_history(facts, self.row_of, session) if session else None
+        found = self.ranker.score(facts, rows, np.array([h.score for h in hits]),
+                                  slot_arrays([h.scores for h in hits], self.ranker.arch.slots),
+                                  query, history)
+        order = np.argsort(-found.utility, kind="stable")
+        return [replace(hits[j], rank=rank, ranking={
+                    "utility": float(found.utility[j]), "p_click": float(found.p_click[j]),
+                    "p_purchase": float(found.p_click_convert[j])})
+                for rank, j in enumerate(order, start=1)]
 
     def vectors_of(self, product_id: str) -> dict[str, np.ndarray]:
         """The stored per-slot vectors of a product, as float32."""

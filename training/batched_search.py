@@ -92,7 +92,7 @@ class BatchedSearch:
         self.shadow = SearchEngine(folder=engine.folder, manifest=engine.manifest,
                                    loaded=loaded, records=engine.records,
                                    vectors=engine.vectors, store=engine.store,
-                                   settings=engine.settings)
+                                   settings=engine.settings, ranker=engine.ranker)
 
     def prime(self, queries: Sequence[tuple[Image.Image | None, str | None]]) -> None:
         """Encodes, in one batch per encoder, every query slot these searches will need.
@@ -123,10 +123,11 @@ class BatchedSearch:
         for spec, batch in texts.items():
             self.encoders[spec].encode_texts(list(dict.fromkeys(batch)))
 
-    def search(self, image: Image.Image | None = None, text: str | None = None, k: int = 10
-               ) -> SearchResult:
-        """:meth:`SearchEngine.search`, answered from the primed encodings where it can."""
-        return self.shadow.search(image=image, text=text, k=k)
+    def search(self, image: Image.Image | None = None, text: str | None = None, k: int = 10,
+               *, rerank: bool = True) -> SearchResult:
+        """:meth:`SearchEngine.search`, answered from the primed encodings where it can
+        (re-ranked by the engine's promoted ranker, if any, unless ``rerank`` is off)."""
+        return self.shadow.search(image=image, text=text, k=k, rerank=rerank)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per encoder: how many encodings were reused (``hits``) and computed (``misses``)."""

@@ -5,7 +5,9 @@ imports happen inside the handlers, so ``shopassist --help`` stays fast.
 
 - ``shopassist train fusion [--config FILE] [--index DIR] [--out models/] [--device auto]
   [--resume]`` — also under ``torchrun --standalone --nproc_per_node N``.
-- ``shopassist models list`` / ``promote fusion VERSION`` / ``rollback fusion``.
+- ``shopassist train ranker [--config FILE] [--index DIR] [--dataset DIR | --log URL]
+  [--out models/] [--device auto] [--resume]``.
+- ``shopassist models list`` / ``promote fusion|ranker VERSION`` / ``rollback fusion|ranker``.
 - ``shopassist eval [--index DIR] [--version latest]`` — the Markdown + PNG report.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 DEFAULT_MODELS = "models"
 DEFAULT_CACHE = "data/cache/fusion"
+KINDS = ("fusion", "ranker")  # as training.registry.KINDS (not imported: --help stays fast)
 
 
 def register(sub: Any) -> None:
@@ -49,6 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="override [train.fusion] seed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train_fusion)
+    _register_train_ranker(kinds, config, index)
 
     models = sub.add_parser("models", help="list, promote and roll back trained models")
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -60,14 +64,15 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models_list)
     p = actions.add_parser("promote", parents=[config, index, where],
-                           help="re-fuse the index with a version and switch it in")
-    p.add_argument("kind", choices=["fusion"])
+                           help="re-fuse the index with a version and switch it in (a "
+                           "ranker: re-rank the index's search with it)")
+    p.add_argument("kind", choices=KINDS)
     p.add_argument("version", help="vNNNN or latest")
     p.set_defaults(handler=cmd_models_promote)
     p = actions.add_parser("rollback", parents=[config, index, where],
                            help="back to the previously promoted version (or the "
-                           "training-free fusion)")
-    p.add_argument("kind", choices=["fusion"])
+                           "training-free fusion, or similarity order)")
+    p.add_argument("kind", choices=KINDS)
     p.set_defaults(handler=cmd_models_rollback)
 
     p = sub.add_parser(
@@ -128,15 +133,20 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     registry = ModelRegistry(args.models)
     entries = registry.entries("fusion")
+    rankers = registry.entries("ranker")
     if args.json:
         print(json.dumps([{"kind": e.kind, "version": e.version, "path": str(e.path),
                            "created": e.created, "metrics": e.metrics,
                            "data_snapshot": e.data_snapshot, "sha256": e.sha256,
                            "error": e.error, "promoted_for": list(e.promoted_for)}
-                          for e in entries], indent=2))
+                          for e in [*entries, *rankers]], indent=2))
+        return 0
+    if not entries and not rankers:
+        print(f"no models in {registry.root} (train one with `shopassist train fusion` or "
+              "`shopassist train ranker`)")
         return 0
     if not entries:
-        print(f"no models in {registry.root} (train one with `shopassist train fusion`)")
+        _print_rankers(rankers)
         return 0
     print(f"{'kind':<7} {'version':<8} {'created':<21} {'t->photo':>8} {'t->prod':>8} "
           f"{'photo R@1':>9}  status")
@@ -151,7 +161,76 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             "promoted: " + ", ".join(e.promoted_for) if e.promoted_for else "")
         print(f"{e.kind:<7} {e.version:<8} {e.created:<21} {fig('text_photo', 'NDCG@10'):>8} "
               f"{fig('text_product', 'NDCG@10'):>8} {fig('photo', 'R@1'):>9}  {status}")
+    if rankers:
+        _print_rankers(rankers)
     return 0
+
+
+def _register_train_ranker(kinds: Any, config: argparse.ArgumentParser,
+                           index: argparse.ArgumentParser) -> None:
+    p = kinds.add_parser(
+        "ranker", parents=[config, index], help="the ranking head (click, purchase, dwell)",
+        description="Train the multi-task ranking head on logged impressions (features of "
+        "the query, the product, the engine's scores and the shopper's session; ESMM click "
+        "and purchase losses with inverse-propensity weights, and dwell) and register it "
+        "under OUT/ranker/vNNNN with the co-interaction table of the same log.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="a `shopassist dataset` folder")
+    source.add_argument("--log", "--db", dest="log",
+                        help="an event-log URL (the dataset is built from it; under torchrun "
+                        "spell it --db, as torchrun reads --log* itself)")
+    p.add_argument("--out", default=DEFAULT_MODELS, help=f"models folder (default "
+                   f"{DEFAULT_MODELS})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run checkpointed in OUT/ranker/checkpoint")
+    p.add_argument("--epochs", type=int, help="override [train.ranker] epochs")
+    p.add_argument("--seed", type=int, help="override [train.ranker] seed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_train_ranker)
+
+
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    from training.ranker import train_ranker
+    from training.ranker_config import load_ranker_config
+
+    config = load_ranker_config(getattr(args, "config", None), epochs=args.epochs,
+                                seed=args.seed)
+    settings = _settings(args)
+    result = train_ranker(settings.index_dir, config, args.out,
+                          source=args.dataset or args.log, device=args.device,
+                          resume=args.resume)
+    if result.version is None:  # not the main process of a distributed run
+        return 0
+    summary = {"version": result.version, "artifact": str(result.artifact),
+               "stopped": result.stopped, "epochs": result.epochs, "steps": result.steps,
+               "seconds": round(result.seconds, 1), "metrics": result.metrics,
+               "data": result.data}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    test = result.metrics.get("test", {})
+    print(f"ranker {result.version} -> {result.artifact}")
+    print(f"  {result.epochs} epochs, {result.steps} steps ({result.stopped}), "
+          f"{result.seconds:.0f} s in all")
+    for label in ("purchased", "clicked"):
+        if f"ranker {label}" in test:
+            print(f"  test NDCG@10 of {label} items: ranker {test[f'ranker {label}']:.3f}, "
+                  f"similarity {test[f'similarity {label}']:.3f}")
+    print(f"promote it with: shopassist models promote ranker {result.version}")
+    return 0
+
+
+def _print_rankers(entries: list[Any]) -> None:
+    print(f"{'kind':<7} {'version':<8} {'created':<21} {'NDCG@10 purchased (ranker / sim)':>33}"
+          "  status")
+    for e in entries:
+        test = e.metrics.get("test", {})
+        ours, base = test.get("ranker purchased"), test.get("similarity purchased")
+        fig = f"{ours:.3f} / {base:.3f}" if ours is not None and base is not None else "-"
+        status = "CORRUPT: " + e.error if e.error else (
+            "promoted: " + ", ".join(e.promoted_for) if e.promoted_for else "")
+        print(f"{e.kind:<7} {e.version:<8} {e.created:<21} {fig:>33}  {status}")
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
@@ -170,7 +249,8 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     target, index_version = ModelRegistry(args.models).rollback(args.kind, settings)
-    what = target or "the training-free fusion"
+    what = target or ("similarity order (no ranker)" if args.kind == "ranker"
+                      else "the training-free fusion")
     print(f"{settings.index_dir} is back on {what} (index version {index_version})")
     return 0
 

@@ -14,6 +14,11 @@ An artifact appears under its version only when complete (written in a staging f
 then renamed). Promoting re-fuses the index with the head and switches it in atomically
 (:func:`retrieval.refuse.refuse`); rolling back re-fuses with the previously promoted head,
 or with the training-free fusion when there is none.
+
+Rankers (``ranker/vNNNN``: ``ranker.safetensors``, ``ranker.json``) re-fuse nothing:
+promoting one copies it into the index root and names it in the index's ``RANKER`` file
+(:func:`retrieval.ranker.serve_ranker`), which the engine reads when it opens; rolling back
+names the previous one, or removes ``RANKER`` (similarity order again).
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from typing import Any
 from retrieval.config import Settings
 from retrieval.fusion_head import ArtifactError, load_head
 from retrieval.manifest import IndexLayout, read_manifest
+from retrieval.ranker import load_ranker, serve_ranker, serving_ranker_dir, stop_serving_ranker
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("fusion",)
+KINDS = ("fusion", "ranker")
+# Per kind: the loader that verifies an artifact, and its metadata file.
+_ARTIFACTS: dict[str, tuple[Callable[[Path], Any], str]] = {
+    "fusion": (load_head, "head.json"), "ranker": (load_ranker, "ranker.json")}
 PROMOTIONS = "promotions.json"
 HISTORY = "history.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -140,12 +149,13 @@ class ModelRegistry:
             path = self.folder(kind) / version
             meta: dict[str, Any] = {}
             error = ""
+            load, meta_file = _ARTIFACTS[kind]
             try:
-                _head, meta = load_head(path)
+                meta = load(path)[1]
             except ArtifactError as exc:
                 error = str(exc)
                 try:
-                    meta = json.loads((path / "head.json").read_text())
+                    meta = json.loads((path / meta_file).read_text())
                 except (OSError, json.JSONDecodeError):
                     meta = {}
             out.append(ModelEntry(kind, version, path, str(meta.get("created", "")),
@@ -185,7 +195,8 @@ class ModelRegistry:
 
     def promote(self, kind: str, version: str, settings: Settings, *,
                 show: bool | None = None) -> str:
-        """Re-fuses the index with ``version`` and records it as promoted.
+        """Re-fuses the index with ``version`` (a ranker: puts it in front of the index's
+        search) and records it as promoted.
 
         Returns:
             The index version now serving.
@@ -199,6 +210,12 @@ class ModelRegistry:
 
         path = self.path(kind, version)
         version = path.name
+        if kind == "ranker":
+            serve_ranker(settings.index_dir, path, version)  # verifies it first
+            index_version = IndexLayout(Path(settings.index_dir)).current() or ""
+            self._record(kind, settings, "promote", version, index_version)
+            logger.info("ranker %s now re-ranks %s", version, settings.index_dir)
+            return index_version
         load_head(path)  # refuse a corrupted artifact before any work
         index_version, seconds = refuse(settings, path, show=show)
         self._record(kind, settings, "promote", version, index_version)
@@ -222,6 +239,8 @@ class ModelRegistry:
 
         data = self._read_promotions(kind)
         stack = list(data["indexes"].get(_index_key(settings), {}).get("stack", []))
+        if kind == "ranker":
+            return self._rollback_ranker(settings, stack)
         if not stack:
             fusion = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]
             if fusion.get("kind") != "learned-head":
@@ -235,6 +254,22 @@ class ModelRegistry:
             load_head(path)
         index_version, _ = refuse(settings, path, show=show)
         self._record(kind, settings, "rollback", target, index_version, stack=stack)
+        return target, index_version
+
+    def _rollback_ranker(self, settings: Settings, stack: list[str]
+                         ) -> tuple[str | None, str]:
+        if not stack and serving_ranker_dir(settings.index_dir) is None:
+            raise ValueError(f"Nothing to roll back: {settings.index_dir} is served in "
+                             "similarity order (no ranker promoted).")
+        if stack:
+            stack.pop()
+        target = stack[-1] if stack else None
+        if target is not None:
+            serve_ranker(settings.index_dir, self.path("ranker", target), target)
+        else:
+            stop_serving_ranker(settings.index_dir)
+        index_version = IndexLayout(Path(settings.index_dir)).current() or ""
+        self._record("ranker", settings, "rollback", target, index_version, stack=stack)
         return target, index_version
 
     def _record(self, kind: str, settings: Settings, action: str, version: str | None,

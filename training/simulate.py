@@ -270,7 +270,9 @@ class Simulator:
         if shuffled:
             hits = [hits[int(j)] for j in rng.permutation(len(hits))]
         shown_at = s.clock + timedelta(seconds=1)
-        model = (self.fusion or "engine") + ("+shuffle" if shuffled else "")
+        ranker = self.engine.ranker
+        model = (self.fusion or "engine") + (f"+ranker-{ranker.version}" if ranker else "") \
+            + ("+shuffle" if shuffled else "")
         self.log.log_query(
             conversation_id=s.conversation_id, message_id=message_id, text=intent.text,
             has_image=photo is not None, image_ref=ref, filters=result.filters,
