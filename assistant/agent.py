@@ -304,6 +304,7 @@ class Conversation:
                  dwell_ms: float | None = None, value: float | None = None) -> None:
         """Records a shopper's reaction to a shown product (click, add_to_cart, purchase
         with its ``value``, dwell, thumbs_up, thumbs_down)."""
+        self.session.note_reaction(kind, product_id)
         if self.assistant.log is None:
             return
         self.assistant.log.log_feedback(kind, query_id=query_id, product_id=product_id,

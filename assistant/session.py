@@ -50,6 +50,8 @@ class Session:
     shown: list[str] = field(default_factory=list)  # every product shown, oldest first
     last: LastSearch | None = None
     mentioned: set[str] = field(default_factory=set)
+    # the shopper's reactions in this conversation, for a promoted ranker's history features
+    reactions: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _counter: int = 0
 
@@ -100,6 +102,19 @@ class Session:
             found &= known_ids
         with self._lock:
             self.mentioned |= found
+
+    def note_reaction(self, kind: str, product_id: str) -> None:
+        """Remembers a click, add to cart or purchase (other feedback is not a history)."""
+        flag = {"click": "clicked", "add_to_cart": "added_to_cart",
+                "purchase": "purchased"}.get(kind)
+        if flag:
+            with self._lock:
+                self.reactions.append({"product_id": product_id, flag: True})
+
+    def history(self) -> list[dict[str, Any]]:
+        """What the shopper reacted to so far (``SearchEngine.search(session=...)``)."""
+        with self._lock:
+            return [dict(r) for r in self.reactions]
 
     def allowed_product(self, product_id: str) -> bool:
         """Whether a tool may act on this product: shown to or typed by the shopper."""

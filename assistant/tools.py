@@ -154,20 +154,24 @@ class ShopTools:
     def _visual_search(self, args: VisualSearchArgs) -> dict[str, Any]:
         photo = self.session.upload(args.upload_id)
         result = self.engine.search(image=photo, text=args.refine or None,
-                                    filters=self._filters(args.filters), k=args.k)
+                                    filters=self._filters(args.filters), k=args.k,
+                                    session=self.session.history())
         return self._search_result("visual_search", args, result, text=args.refine,
                                    image_ref=args.upload_id)
 
     def _text_search(self, args: TextSearchArgs) -> dict[str, Any]:
         result = self.engine.search(text=args.query, filters=self._filters(args.filters),
-                                    k=args.k)
+                                    k=args.k, session=self.session.history())
         return self._search_result("text_search", args, result, text=args.query)
 
     def _recommend(self, args: RecommendArgs) -> dict[str, Any]:
         product = self._allowed(args.product_id)
-        fn = similar if args.mode == "similar" else complementary
         started = time.perf_counter()
-        result = fn(self.engine, product.product_id, k=args.k)
+        if args.mode == "similar":
+            result = similar(self.engine, product.product_id, k=args.k,
+                             session=self.session.history())
+        else:
+            result = complementary(self.engine, product.product_id, k=args.k)
         result = SearchResult(hits=result.hits, filters=result.filters,
                               index_version=result.index_version,
                               timings_ms={"total": (time.perf_counter() - started) * 1000},

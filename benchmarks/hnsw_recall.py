@@ -294,7 +294,7 @@ def print_filtered(results: Sequence[dict[str, Any]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hnsw_recall", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, default=Path("/work/cache/idx44k"))
+    parser.add_argument("--index", type=Path, default=Path("data/bench/index44k"))
     parser.add_argument("--queries", type=int, default=200,
                         help="queries per kind (photo, text); 200")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS,

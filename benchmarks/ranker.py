@@ -113,9 +113,9 @@ def ratio(a: float, b: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", type=Path, default=Path("/work/cache/idx44k"),
+    parser.add_argument("--index", type=Path, default=Path("data/bench/index44k"),
                         help="index to copy (read only)")
-    parser.add_argument("--work", type=Path, default=Path("/work/cache/ranker_bench"))
+    parser.add_argument("--work", type=Path, default=Path("data/bench/ranker"))
     parser.add_argument("--sessions", type=int, default=4800, help="training sessions")
     parser.add_argument("--heldout-sessions", type=int, default=1500)
     parser.add_argument("--explore", type=float, default=0.1,
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="TOML with [train.ranker] settings")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--log", type=Path, default=Path("/work/cache/ranker_bench.log"))
+    parser.add_argument("--log", type=Path, default=Path("data/bench/ranker.log"))
     args = parser.parse_args(argv)
     say = Report(args.log)
     torch.set_num_threads(args.threads)

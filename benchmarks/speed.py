@@ -646,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also try torch.compile (minutes of compilation on 2 cores)")
     parser.add_argument("--quick", action="store_true",
                         help="ingest: only naive vs ours, no variant sweeps")
-    parser.add_argument("--index", type=Path, default=Path("/work/cache/idx44k"),
+    parser.add_argument("--index", type=Path, default=Path("data/bench/index44k"),
                         help="index for the query latencies")
     parser.add_argument("--queries", type=int, default=200, help="queries per type (200)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up queries per type")

@@ -43,7 +43,7 @@ from benchmarks.shopper_photos import shopper_photo
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "ui" / "browser"
 PHOTOS_300PX = (ROOT / ".." / "shared" / "data" / "fashion_300px" / "images").resolve()
-DEFAULT_INDEX = Path("/work/cache/idx44k")
+DEFAULT_INDEX = Path("data/bench/index44k")
 TARGET_P50_MS = 1500.0
 
 

@@ -180,6 +180,11 @@ def test_ui_actions_run_tools_directly_and_feedback_is_logged(engine, log):
                   query_id=more.query_ids[0])
     counts = log.feedback_counts()
     assert counts.get("add_to_cart") == 1
+    # The reaction is this conversation's history for a promoted ranker's features.
+    chat.feedback("thumbs_up", product_id=pid, query_id=first.query_ids[0])
+    assert chat.session.history() == [{"product_id": more.products[0]["id"],
+                                       "added_to_cart": True}]
+    assert bot.conversation().session.history() == []
     from assistant.tools import ToolInputError
 
     with pytest.raises(ToolInputError, match="has not been shown"):
