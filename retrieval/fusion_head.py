@@ -159,6 +159,46 @@ def save_head(head: FusionHead, folder: str | Path, extra: Mapping[str, Any] | N
     return folder
 
 
+def read_verified(folder: str | Path, config: str, weights: str, *, kind: str, fmt: int,
+                  what: str, command: str) -> tuple[dict[str, Any], Path]:
+    """An artifact's metadata, after checking its weights file against the recorded sha256.
+
+    Args:
+        folder: The artifact folder.
+        config: Metadata file name (JSON with ``format``, ``kind`` and ``sha256``).
+        weights: Weights file name.
+        kind, fmt: What the metadata must declare.
+        what, command: For messages ("a fusion head", "shopassist train fusion").
+
+    Returns:
+        The metadata and the weights file's path.
+
+    Raises:
+        ArtifactError: Missing files, unreadable metadata, another kind or format, or a
+            hash mismatch (corruption).
+    """
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / config).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder / config} is missing: {folder} is not {what} "
+                            f"artifact (train one with `{command}`).") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{folder / config} is corrupt ({exc}).") from None
+    if meta.get("format") != fmt or meta.get("kind") != kind:
+        raise ArtifactError(f"{folder} holds a {meta.get('kind')!r} artifact of format "
+                            f"{meta.get('format')!r}, not {what} of format {fmt}.")
+    path = folder / weights
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing; the artifact is incomplete.") from None
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise ArtifactError(f"{path} does not match the sha256 recorded in {config}: the "
+                            "file is corrupted or was replaced. Restore it or retrain.")
+    return meta, path
+
+
 def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
     """Loads and verifies a fusion head artifact.
 
@@ -166,25 +206,8 @@ def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
         ArtifactError: Missing files, a hash mismatch (corruption), unreadable weights or
             shapes that do not fit the recorded architecture.
     """
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / CONFIG).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder / CONFIG} is missing: {folder} is not a fusion head "
-                            "artifact (train one with `shopassist train fusion`).") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{folder / CONFIG} is corrupt ({exc}).") from None
-    if meta.get("format") != FORMAT or meta.get("kind") != "fusion-head":
-        raise ArtifactError(f"{folder} holds a {meta.get('kind')!r} artifact of format "
-                            f"{meta.get('format')!r}, not a fusion head of format {FORMAT}.")
-    path = folder / WEIGHTS
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing; the artifact is incomplete.") from None
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise ArtifactError(f"{path} does not match the sha256 recorded in {CONFIG}: the "
-                            "file is corrupted or was replaced. Restore it or retrain.")
+    meta, path = read_verified(folder, CONFIG, WEIGHTS, kind="fusion-head", fmt=FORMAT,
+                               what="a fusion head", command="shopassist train fusion")
     config = HeadConfig.from_dict(meta["architecture"])
     head = FusionHead(config)
     try:

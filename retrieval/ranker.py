@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from retrieval.cointeraction import CoInteraction
-from retrieval.fusion_head import ArtifactError
+from retrieval.fusion_head import ArtifactError, read_verified
 from retrieval.ranker_features import (
     ATTRIBUTES,
     History,
@@ -175,25 +175,8 @@ def load_ranker(folder: str | Path) -> tuple[RankingHead, dict[str, Any], CoInte
         ArtifactError: Missing files, a hash mismatch (corruption), unreadable weights or
             shapes that do not fit the recorded architecture.
     """
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / CONFIG).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder / CONFIG} is missing: {folder} is not a ranker artifact "
-                            "(train one with `shopassist train ranker`).") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{folder / CONFIG} is corrupt ({exc}).") from None
-    if meta.get("format") != FORMAT or meta.get("kind") != KIND:
-        raise ArtifactError(f"{folder} holds a {meta.get('kind')!r} artifact of format "
-                            f"{meta.get('format')!r}, not a ranker of format {FORMAT}.")
-    path = folder / WEIGHTS
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing; the artifact is incomplete.") from None
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise ArtifactError(f"{path} does not match the sha256 recorded in {CONFIG}: the "
-                            "file is corrupted or was replaced. Restore it or retrain.")
+    meta, path = read_verified(folder, CONFIG, WEIGHTS, kind=KIND, fmt=FORMAT,
+                               what="a ranker", command="shopassist train ranker")
     try:
         tensors = load_file(str(path))
         model = RankingHead(RankerArchitecture.from_dict(meta["architecture"]))

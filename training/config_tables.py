@@ -1,9 +1,9 @@
 """Training settings from ``[train.<model>]`` tables of the TOML config, generically.
 
-The resolution order and the value checks are those of :mod:`training.fusion_config`
-(whose ``_coerce`` does the type conversions): the dataclass's defaults, then the table of
-the config file (``--config``, ``$SHOPASSIST_CONFIG`` or ``./shopassist.toml``), then
-``<PREFIX><FIELD>`` environment variables, then explicit overrides (``None`` ignored).
+Used by :mod:`training.fusion_config` and :mod:`training.ranker_config`. Resolution order:
+the dataclass's defaults, then the table of the config file (``--config``,
+``$SHOPASSIST_CONFIG`` or ``./shopassist.toml``), then ``<PREFIX><FIELD>`` environment
+variables, then explicit overrides (``None`` ignored).
 """
 
 from __future__ import annotations
@@ -16,9 +16,40 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.fusion_config import DEFAULT_CONFIG_FILE, _coerce
-
 T = TypeVar("T")
+DEFAULT_CONFIG_FILE = Path("shopassist.toml")
+
+
+def coerce(value: Any, hint: Any, name: str, where: str) -> Any:
+    """``value`` (from TOML or an environment string) as the field type ``hint``.
+
+    Raises:
+        ValueError: The value does not convert; the message names the field and source.
+    """
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            return tuple(float(v) for v in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} = {value!r} in {where} is not a list of numbers.") \
+                from None
+    if isinstance(value, str) and hint is not str:
+        text = value.strip().lower()
+        if hint is bool and text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return text in ("1", "true", "yes", "on")
+        try:
+            if hint is not bool:
+                return hint(text)
+        except ValueError:
+            pass
+        raise ValueError(f"{name} = {value!r} in {where} is not a valid {hint.__name__}.")
+    ok = {bool: isinstance(value, bool), str: isinstance(value, str),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool)}.get(hint)
+    if not ok:
+        raise ValueError(f"{name} = {value!r} in {where} is a {type(value).__name__}, not a "
+                         f"{getattr(hint, '__name__', hint)}.")
+    return hint(value)
 
 
 def apply_values(base: T, values: Mapping[str, Any], where: str) -> T:
@@ -33,7 +64,7 @@ def apply_values(base: T, values: Mapping[str, Any], where: str) -> T:
         if key not in hints:
             raise ValueError(f"Unknown setting {key!r} in {where}; known: "
                              f"{', '.join(sorted(hints))}.")
-        changes[key] = _coerce(value, hints[key], key, where)
+        changes[key] = coerce(value, hints[key], key, where)
     return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 

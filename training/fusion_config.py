@@ -4,22 +4,21 @@ Precedence, lowest to highest: the defaults below, the ``[train.fusion]`` table 
 file (``--config``, ``$SHOPASSIST_CONFIG`` or ``./shopassist.toml``: the same file as the
 engine's ``[retrieval]`` settings), ``SHOPASSIST_FUSION_<FIELD>`` environment variables, then
 explicit overrides. The defaults train a head on the 44k catalog's stored vectors in well
-under 10 minutes on 2 CPU cores (see ``benchmarks/fusion_training.py``).
+under 10 minutes on 2 CPU cores (see the README's learning-loop figures). The loading
+machinery is :mod:`training.config_tables`, shared with the ranker's ``[train.ranker]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from training.config_tables import apply_values, load_section
+
 ENV_PREFIX = "SHOPASSIST_FUSION_"
-DEFAULT_CONFIG_FILE = Path("shopassist.toml")
 MONITORS = ("mean", "text_photo_ndcg", "photo_r1")
 
 
@@ -144,42 +143,8 @@ class FusionConfig:
         return _apply(cls(), data, where)
 
 
-def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
-    if typing.get_origin(hint) is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        try:
-            return tuple(float(v) for v in items)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} = {value!r} in {where} is not a list of numbers.") \
-                from None
-    if isinstance(value, str) and hint is not str:
-        text = value.strip().lower()
-        if hint is bool and text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return text in ("1", "true", "yes", "on")
-        try:
-            if hint is not bool:
-                return hint(text)
-        except ValueError:
-            pass
-        raise ValueError(f"{name} = {value!r} in {where} is not a valid {hint.__name__}.")
-    ok = {bool: isinstance(value, bool), str: isinstance(value, str),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, int | float) and not isinstance(value, bool)}.get(hint)
-    if not ok:
-        raise ValueError(f"{name} = {value!r} in {where} is a {type(value).__name__}, not a "
-                         f"{getattr(hint, '__name__', hint)}.")
-    return hint(value)
-
-
 def _apply(base: FusionConfig, values: Mapping[str, Any], where: str) -> FusionConfig:
-    hints = typing.get_type_hints(FusionConfig)
-    changes = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ValueError(f"Unknown setting {key!r} in {where}; known: "
-                             f"{', '.join(sorted(hints))}.")
-        changes[key] = _coerce(value, hints[key], key, where)
-    return dataclasses.replace(base, **changes)
+    return apply_values(base, values, where)
 
 
 def load_fusion_config(config_file: str | os.PathLike[str] | None = None,
@@ -191,25 +156,4 @@ def load_fusion_config(config_file: str | os.PathLike[str] | None = None,
         FileNotFoundError: ``config_file`` (or ``$SHOPASSIST_CONFIG``) does not exist.
         ValueError: Unknown keys, wrong types or invalid values.
     """
-    env = os.environ if environ is None else environ
-    config = FusionConfig()
-    path = config_file or env.get("SHOPASSIST_CONFIG")
-    if path is None and DEFAULT_CONFIG_FILE.is_file():
-        path = DEFAULT_CONFIG_FILE
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} does not exist.")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"Config file {path} is not valid TOML: {exc}.") from None
-        table = data.get("train", {}).get("fusion", {})
-        if not isinstance(table, dict):
-            raise ValueError(f"In {path}, [train.fusion] must be a table.")
-        config = _apply(config, table, f"{path} [train.fusion]")
-    from_env = {f.name: env[ENV_PREFIX + f.name.upper()] for f in dataclasses.fields(config)
-                if ENV_PREFIX + f.name.upper() in env}
-    if from_env:
-        config = _apply(config, from_env, "the environment")
-    return config.replace(**overrides)
+    return load_section(FusionConfig, "fusion", ENV_PREFIX, config_file, environ, **overrides)
