@@ -110,11 +110,14 @@ def test_parsed_filters_relax_when_nothing_matches(engine):
     assert strict.hits == []
 
 
-def test_exact_and_approximate_paths_agree(engine, monkeypatch):
+@pytest.mark.parametrize("post_filter_share", [0.0, 1.01],
+                         ids=["post-filtered ANN", "Chroma-filtered ANN"])
+def test_exact_and_approximate_paths_agree(engine, monkeypatch, post_filter_share):
     filters = Filters(include={"gender": ("Women",)})
     exact = engine.search(text="blue", filters=filters, k=8, parse_text=False)
     assert exact.exact
     monkeypatch.setattr(search_module, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(search_module, "POST_FILTER_SHARE", post_filter_share)
     approx = engine.search(text="blue", filters=filters, k=8, parse_text=False)
     assert not approx.exact
     assert [h.product.product_id for h in approx.hits] == \
