@@ -82,6 +82,8 @@ def register(sub: Any) -> None:
         "photo -> same product); write report.md with plots.")
     p.add_argument("--version", default="latest",
                    help="vNNNN, latest (default) or promoted (the one serving --index)")
+    p.add_argument("--ranker", help="also re-rank the trained head's results with this "
+                   "ranking head: vNNNN, latest or promoted (the one serving --index)")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--report", help="output folder (default reports/fusion-<version>)")
     p.add_argument("--cache", default=DEFAULT_CACHE)
@@ -268,8 +270,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"No fusion head is promoted for {settings.index_dir}; pass "
                              "--version.")
     artifact = registry.path("fusion", version)
+    ranker = None
+    if args.ranker:
+        ranker_version = registry.promoted("ranker", settings) \
+            if args.ranker == "promoted" else args.ranker
+        if ranker_version is None:
+            raise ValueError(f"No ranker is promoted for {settings.index_dir}; pass "
+                             "--ranker vNNNN.")
+        ranker = registry.path("ranker", ranker_version)
     results = evaluate_artifact(settings.index_dir, artifact, settings,
-                                cache_dir=Path(args.cache), split=args.split)
+                                cache_dir=Path(args.cache), split=args.split, ranker=ranker)
     out = Path(args.report) if args.report else Path("reports") / f"fusion-{artifact.name}"
     report = write_report(results, out)
     if args.json:

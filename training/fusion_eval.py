@@ -30,8 +30,10 @@ from training.fusion_data import FusionData
 from training.fusion_queries import matches
 
 K = 10
-# (query slots, candidate rows, fused top-N rows (n, N)) -> re-ordered rows (n, >=K)
-Reranker = Callable[[Mapping[str, np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+# (query slots, candidate rows, fused top-N rows (n, N), their fused scores (n, N), the
+# product slots this query kind may see) -> re-ordered rows (n, >=K)
+Reranker = Callable[[Mapping[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
+                     Sequence[str]], np.ndarray]
 
 
 class FuseFn(Protocol):
@@ -138,13 +140,16 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
     ids, query = text_queries(data, split)
     relevant = matches(data.text_codes[ids], data.codes.codes[rows]) if len(ids) else None
 
-    def ranked(q: Mapping[str, np.ndarray], items: np.ndarray, candidates: np.ndarray
-               ) -> np.ndarray:
+    def ranked(q: Mapping[str, np.ndarray], items: np.ndarray, candidates: np.ndarray,
+               visible: Sequence[str]) -> np.ndarray:
         fused_q = system.fuse(q, len(next(iter(q.values()))))
         depth = 100 if rerank is not None else K
         top = rank_in_chunks(fused_q, items, min(depth, len(items)))
         if rerank is not None:
-            top = rerank(q, candidates, top)[:, :K]
+            scores = np.concatenate([
+                np.einsum("nd,nkd->nk", fused_q[i:i + 64], items[top[i:i + 64]])
+                for i in range(0, len(top), 64)]) if len(top) else np.zeros(top.shape)
+            top = rerank(q, candidates, top, scores, visible)[:, :K]
         return top
 
     for kind in ("text_photo", "text_product"):
@@ -152,7 +157,7 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
             continue
         keep = data.image_slots if kind == "text_photo" else list(data.products)
         items = system.fuse(_slots(data, rows, keep), len(rows))
-        top = ranked(query, items, rows)
+        top = ranked(query, items, rows, keep)
         report, per_query = _report(top, relevant)
         out[kind] = {**report, "n": len(ids)}
         if breakdown and kind == "text_photo":
@@ -169,7 +174,7 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
             everything = np.arange(data.n)
             items = system.fuse(_slots(data, everything, list(data.products)), data.n)
             q = {s: v[sel].astype(np.float32) for s, v in data.photo_vectors.items()}
-            top = ranked(q, items, everything)
+            top = ranked(q, items, everything, list(data.products))
             target = data.photo_rows[sel]
             hits = top == target[:, None]
             n_rel = np.ones(len(sel), dtype=int)

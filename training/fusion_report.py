@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class EvalResults:
 def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Settings, *,
                       cache_dir: Path | None, split: str = "test",
                       extra_systems: Mapping[str, tuple[FuseFn, Reranker | None]] = (),  # type: ignore[assignment]
+                      ranker: str | Path | None = None,
                       show: bool | None = None) -> EvalResults:
     """Scores the training-free fusion, a ridge baseline and the trained head.
 
@@ -61,6 +62,8 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Set
         cache_dir: Query encoding cache (shared with training).
         split: ``test`` (default) or ``valid``.
         extra_systems: More columns: name -> (fusion, optional re-ranker).
+        ranker: A ranking head folder (``models/ranker/vNNNN``): adds "trained fusion +
+            ranker", the trained head's top 100 re-ordered by it (:func:`ranker_hook`).
 
     Raises:
         ArtifactError: The artifact is corrupted or does not fit the index's slots.
@@ -80,6 +83,14 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Set
     if ridge is not None:
         systems["ridge map (image → text)"] = (ridge, None)
     systems[f"trained fusion {Path(artifact).name}"] = (learned, None)
+    if ranker is not None:
+        from retrieval.ranker import Reranker as RankingModel
+        from retrieval.search import SearchEngine
+
+        model = RankingModel.load(ranker)
+        engine = SearchEngine.open(index_dir, settings=settings)
+        systems[f"trained fusion {Path(artifact).name} + ranker {Path(ranker).name}"] = (
+            learned, ranker_hook(model, engine, view, data))
     systems.update(dict(extra_systems))
     results = {}
     for name, (system, rerank) in systems.items():
@@ -94,6 +105,48 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Set
     except (OSError, json.JSONDecodeError):
         history = {"steps": [], "epochs": []}
     return EvalResults(results, history, learned.meta, data.info, split)
+
+
+def ranker_hook(reranker: Any, engine: Any, view: IndexView, data: FusionData) -> Reranker:
+    """The ranking head as :func:`training.fusion_eval.evaluate`'s re-ranking stage.
+
+    Each query's fused top 100 is re-ordered by the ranker's expected utility, from the
+    same features search gives it: the candidates' per-slot cosines (of the slots the query
+    kind may see), their fused score, the products' facts (``engine``'s table) and the
+    query's modality (no filters, no shopper history: catalog queries have neither).
+
+    Args:
+        reranker: A loaded :class:`retrieval.ranker.Reranker`.
+        engine: A :class:`retrieval.search.SearchEngine` over the same index.
+        view: The index's stored vectors (``data``'s rows are its products).
+        data: The evaluation data.
+    """
+    from retrieval.ranker_features import QueryFacts, modality
+
+    facts = reranker.facts(engine.table)
+    engine_rows = np.array([engine.row_of[p.product_id] for p in view.products],
+                           dtype=np.int64)
+    image_slots = set(data.image_slots)
+
+    def rerank(query: Mapping[str, np.ndarray], candidates: np.ndarray, top: np.ndarray,
+               scores: np.ndarray, visible: Sequence[str]) -> np.ndarray:
+        kind = QueryFacts(modality(bool(image_slots & set(query)),
+                                   bool(set(query) - image_slots)))
+        out = np.empty_like(top)
+        for i in range(len(top)):
+            rows = candidates[top[i]]
+            # Only the slots this query kind may see: text -> photo hides the products'
+            # own words from the ranker as from the fusion.
+            cosines = {s: data.products[s][rows].astype(np.float32) @ q[i].astype(np.float32)
+                       for s, q in query.items() if s in data.products and s in visible}
+            fused = scores[i]  # the system's fused score, as search gives the ranker
+            slots = {s: cosines.get(s, np.full(len(rows), np.nan)).astype(np.float64)
+                     for s in reranker.arch.slots}
+            found = reranker.score(facts, engine_rows[rows], fused, slots, kind)
+            out[i] = top[i][np.argsort(-found.utility, kind="stable")]
+        return out
+
+    return rerank
 
 
 def ridge_baseline(data: FusionData, alpha: float = 10.0) -> RidgeMap | None:
@@ -151,8 +204,8 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
             cells = [f"{by_cat[s][c]['NDCG@10']:.3f}" if c in by_cat[s] else "-" for s in names]
             lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["Ranker columns (trained fusion + ranking head) are added by passing the ranking "
-              "head as an extra system (`evaluate_artifact(..., extra_systems=...)`).", ""]
+    if not any("ranker" in name for name in results.systems):
+        lines += ["Add the ranking head's column with `shopassist eval --ranker VERSION`.", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps({

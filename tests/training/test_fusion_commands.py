@@ -19,8 +19,11 @@ from retrieval.cli import main
 from retrieval.fusion_head import ArtifactError
 from retrieval.manifest import IndexLayout, read_manifest
 from retrieval.search import SearchEngine
+from tests.training import ranker_fixtures
 from tests.training.fusion_fixtures import tiny_config
 from training.registry import ModelRegistry
+
+trained_ranker = ranker_fixtures.trained_ranker  # a ranker trained on the simulated log
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,3 +159,32 @@ def test_a_corrupted_artifact_is_refused_and_the_index_keeps_serving(models, sma
     assert IndexLayout(Path(small_index.index_dir)).current() == serving
     hits = SearchEngine.open(settings=small_index).search(text="blue jeans", k=3).hits
     assert len(hits) == 3 and all(np.isfinite(h.score) for h in hits)
+
+
+def test_eval_adds_a_ranker_column(models, small_index, trained_ranker, capsys, tmp_path):
+    import shutil
+
+    result, _ = trained_ranker
+    folder = tmp_path / "models"
+    shutil.copytree(models / "models", folder)
+    shutil.copytree(result.artifact, folder / "ranker" / "v0001")
+    code, out, _ = run_cli(capsys, "--config", str(models / "shopassist.toml"), "eval",
+                           "--models", str(folder), "--index", str(small_index.index_dir),
+                           "--cache", str(models / "cache"), "--report",
+                           str(tmp_path / "report"), "--ranker", "v0001", "--json")
+    assert code == 0
+    systems = json.loads(out)
+    [name] = [n for n in systems if n.endswith("+ ranker v0001")]
+    trained = systems[name.split(" + ")[0]]
+    for kind in ("text_photo", "text_product", "photo"):
+        figures = systems[name][kind]
+        assert figures["n"] == trained[kind]["n"]
+        assert 0.0 <= figures["NDCG@10"] <= 1.0
+    # The ranker re-orders the trained head's top 100, so its figures differ.
+    assert systems[name] != trained
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert name in report and "--ranker VERSION" not in report
+    code, _, err = run_cli(capsys, "--config", str(models / "shopassist.toml"), "eval",
+                           "--models", str(folder), "--index", str(small_index.index_dir),
+                           "--cache", str(models / "cache"), "--ranker", "promoted")
+    assert code != 0 and "No ranker is promoted" in err
