@@ -136,3 +136,15 @@ def shopper_queries(n: int, seed: int, indexed: Collection[str]
     return [(pid, shopper_photo(load_rgb(folder / f"{pid}.jpg"),
                                 np.random.default_rng([seed, i])))
             for i, pid in enumerate(chosen)]
+
+
+def fused_matrix(engine: Any, chunk: int = 4096) -> np.ndarray:
+    """All products' fused vectors of an engine, float32, built in chunks (bounded
+    temporaries): the exact-search baseline's matrix."""
+    n = len(engine.products)
+    out = np.empty((n, engine.fusion.dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        out[start:stop] = engine.fusion.fuse(
+            {s: v[start:stop] for s, v in engine.vectors.items()}, stop - start)
+    return out

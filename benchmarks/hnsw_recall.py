@@ -37,6 +37,7 @@ import numpy as np
 
 from benchmarks.common import (
     DEVICES,
+    fused_matrix,
     header_line,
     machine_info,
     markdown_table,
@@ -73,16 +74,6 @@ def parse_settings(spec: str) -> list[HnswParams]:
 
 def label(h: HnswParams) -> str:
     return f"{h.max_neighbors}/{h.ef_construction}/{h.ef_search}"
-
-
-def fused_matrix(engine: SearchEngine, chunk: int = 4096) -> np.ndarray:
-    n = len(engine.products)
-    out = np.empty((n, engine.fusion.dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        out[start:stop] = engine.fusion.fuse(
-            {s: v[start:stop] for s, v in engine.vectors.items()}, stop - start)
-    return out
 
 
 # -- queries ----------------------------------------------------------------------------------

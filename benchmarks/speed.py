@@ -42,6 +42,7 @@ from PIL import Image
 from benchmarks.common import (
     DEVICES,
     FASHION,
+    fused_matrix,
     header_line,
     load_rgb,
     machine_info,
@@ -451,17 +452,6 @@ def pipeline_variants(catalog: Path, n: int, loaded: LoadedProfile, settings: Se
 
 
 # -- queries ----------------------------------------------------------------------------------
-
-def fused_matrix(engine: Any, chunk: int = 4096) -> np.ndarray:
-    """All products' fused vectors, float32, built in chunks (bounded temporaries)."""
-    n = len(engine.products)
-    out = np.empty((n, engine.fusion.dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        out[start:stop] = engine.fusion.fuse(
-            {s: v[start:stop] for s, v in engine.vectors.items()}, stop - start)
-    return out
-
 
 def query_sets(engine: Any, n: int, seed: int) -> dict[str, list[dict[str, Any]]]:
     """The same products asked for in six ways."""
