@@ -99,6 +99,24 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
                          index_dir=Path(args.index) if args.index else None, **extra)
 
 
+def _summarise_run(what: str, result: Any, as_json: bool) -> bool:
+    """Prints a finished training run's summary (JSON, or its first lines); ``True`` when
+    nothing more is to be printed: JSON was asked, or this is not the main process."""
+    if result.version is None:  # not the main process of a distributed run
+        return True
+    if as_json:
+        print(json.dumps({"version": result.version, "artifact": str(result.artifact),
+                          "stopped": result.stopped, "epochs": result.epochs,
+                          "steps": result.steps, "seconds": round(result.seconds, 1),
+                          "metrics": result.metrics, "data": result.data},
+                         indent=2, default=str))
+        return True
+    print(f"{what} {result.version} -> {result.artifact}")
+    print(f"  {result.epochs} epochs, {result.steps} steps ({result.stopped}), "
+          f"{result.seconds:.0f} s in all")
+    return False
+
+
 def cmd_train_fusion(args: argparse.Namespace) -> int:
     from training.fusion import train_fusion
     from training.fusion_config import load_fusion_config
@@ -108,19 +126,9 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     settings = _settings(args, device=None if args.device == "auto" else args.device)
     result = train_fusion(settings.index_dir, config, args.out, device=args.device,
                           resume=args.resume, cache_dir=Path(args.cache), settings=settings)
-    if result.version is None:  # not the main process of a distributed run
-        return 0
-    summary = {"version": result.version, "artifact": str(result.artifact),
-               "stopped": result.stopped, "epochs": result.epochs, "steps": result.steps,
-               "seconds": round(result.seconds, 1), "metrics": result.metrics,
-               "data": result.data}
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+    if _summarise_run("fusion head", result, args.json):
         return 0
     test = result.metrics.get("test", {})
-    print(f"fusion head {result.version} -> {result.artifact}")
-    print(f"  {result.epochs} epochs, {result.steps} steps ({result.stopped}), "
-          f"{result.seconds:.0f} s in all")
     for kind, label, metric in (("text_photo", "text -> photo NDCG@10", "NDCG@10"),
                                 ("text_product", "text -> product NDCG@10", "NDCG@10"),
                                 ("photo", "photo -> product R@1", "R@1")):
@@ -202,19 +210,9 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     result = train_ranker(settings.index_dir, config, args.out,
                           source=args.dataset or args.log, device=args.device,
                           resume=args.resume)
-    if result.version is None:  # not the main process of a distributed run
-        return 0
-    summary = {"version": result.version, "artifact": str(result.artifact),
-               "stopped": result.stopped, "epochs": result.epochs, "steps": result.steps,
-               "seconds": round(result.seconds, 1), "metrics": result.metrics,
-               "data": result.data}
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+    if _summarise_run("ranker", result, args.json):
         return 0
     test = result.metrics.get("test", {})
-    print(f"ranker {result.version} -> {result.artifact}")
-    print(f"  {result.epochs} epochs, {result.steps} steps ({result.stopped}), "
-          f"{result.seconds:.0f} s in all")
     for label in ("purchased", "clicked"):
         if f"ranker {label}" in test:
             print(f"  test NDCG@10 of {label} items: ranker {test[f'ranker {label}']:.3f}, "
