@@ -52,6 +52,19 @@ def coerce(value: Any, hint: Any, name: str, where: str) -> Any:
     return hint(value)
 
 
+def check_precision(value: str) -> None:
+    """Raises ValueError unless ``value`` is a ``mixed_precision`` setting."""
+    if value not in ("auto", "no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16 (got {value!r}).")
+
+
+def check_fractions(fractions: tuple[float, ...]) -> None:
+    """Raises ValueError unless ``fractions`` are train / valid / test shares summing to 1."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions are three shares (train, valid, test) summing to 1 "
+                         f"(got {fractions}).")
+
+
 def apply_values(base: T, values: Mapping[str, Any], where: str) -> T:
     """A copy of the dataclass ``base`` with ``values`` converted to its field types.
 

@@ -16,7 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from training.config_tables import apply_values, load_section
+from training.config_tables import (
+    apply_values,
+    check_fractions,
+    check_precision,
+    load_section,
+)
 
 ENV_PREFIX = "SHOPASSIST_FUSION_"
 MONITORS = ("mean", "text_photo_ndcg", "photo_r1")
@@ -119,16 +124,11 @@ class FusionConfig:
         if self.batch_size < 2 or self.photo_batch < 0 or self.epochs < 1:
             raise ValueError("batch_size must be at least 2, photo_batch at least 0 and "
                              "epochs at least 1.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16 (got "
-                             f"{self.mixed_precision!r}).")
+        check_precision(self.mixed_precision)
         if not self.base_shares or not all(0.0 <= v < 1.0 for v in self.base_shares):
             raise ValueError(f"base_shares are one or more shares in [0, 1) (got "
                              f"{self.base_shares}).")
-        if len(self.fractions) != 3 or abs(sum(self.fractions) - 1.0) > 1e-6 \
-                or min(self.fractions) < 0:
-            raise ValueError(f"fractions are three shares (train, valid, test) summing to 1 "
-                             f"(got {self.fractions}).")
+        check_fractions(self.fractions)
 
     def replace(self, **changes: Any) -> FusionConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""

@@ -38,6 +38,7 @@ from training.fusion_checkpoint import (
     save_checkpoint,
 )
 from training.fusion_encode import IndexView
+from training.loop import agree_on_stop, close_epoch
 from training.ranker_config import RankerConfig
 from training.ranker_data import (
     TEST,
@@ -263,41 +264,18 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
         epoch += 1
         state["epoch"] = epoch
         state["train_seconds"] = time.perf_counter() - train_started
-        decision: list[str | None] = [None]
+        decision: str | None = None
         if main:
             metrics = evaluate_rows(unwrapped, data, valid_rows, blend, lambdas, dev)
             value = monitor_value(metrics, config.monitor) if metrics else -math.inf
-            improved = value > state["best"] + config.min_delta
-            if improved:
-                state.update(best=value, best_epoch=epoch, bad_epochs=0)
-                best_state = {k: v.detach().cpu().clone()
-                              for k, v in unwrapped.state_dict().items()}
-            else:
-                state["bad_epochs"] += 1
-            history["epochs"].append({
-                "epoch": epoch, "step": state["step"], "monitor": value,
-                "seconds": state["train_seconds"],
-                "train": {k: v / max(1, steps_per_epoch) for k, v in sums.items()},
-                "valid": metrics})
-            logger.info("epoch %d: loss %.4f, valid %s = %.4f%s", epoch,
-                        sums.get("loss", 0.0) / max(1, steps_per_epoch), config.monitor, value,
-                        " (best)" if improved else "")
-            save_checkpoint(ckpt_dir, model=unwrapped.state_dict(), best=best_state,
-                            optimizer=optimizer.state_dict(), meta={
-                                **{k: state[k] for k in state}, "config": config.to_dict(),
-                                "data_snapshot": data.snapshot,
-                                "scheduler": scheduler.state_dict(), "finished": False})
-            if state["bad_epochs"] >= config.patience:
-                decision = ["early-stopped"]
-            elif state["train_seconds"] > config.max_minutes * 60:
-                decision = ["time-budget"]
-        if accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            decision = broadcast_object_list(decision)
-        accelerator.wait_for_everyone()
-        if decision[0] is not None:
-            stopped = str(decision[0])
+            best_state, decision = close_epoch(
+                state, value=value, metrics=metrics, sums=sums,
+                steps_per_epoch=steps_per_epoch, config=config, checkpointed=unwrapped,
+                best_of=unwrapped, best_state=best_state, optimizer=optimizer,
+                scheduler=scheduler, snapshot=data.snapshot, ckpt_dir=ckpt_dir)
+        decision = agree_on_stop(accelerator, decision)
+        if decision is not None:
+            stopped = decision
             break
     if bar is not None:
         bar.close()

@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from training.config_tables import apply_values, load_section
+from training.config_tables import (
+    apply_values,
+    check_fractions,
+    check_precision,
+    load_section,
+)
 
 ENV_PREFIX = "SHOPASSIST_RANKER_"
 MONITORS = ("graded", "purchased", "clicked", "loss")
@@ -118,13 +123,8 @@ class RankerConfig:
                              "at least 2.")
         if self.candidates < 1 or self.list_size < 1:
             raise ValueError("candidates and list_size must be at least 1.")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16 (got "
-                             f"{self.mixed_precision!r}).")
-        if len(self.fractions) != 3 or abs(sum(self.fractions) - 1.0) > 1e-6 \
-                or min(self.fractions) < 0:
-            raise ValueError(f"fractions are three shares (train, valid, test) summing to 1 "
-                             f"(got {self.fractions}).")
+        check_precision(self.mixed_precision)
+        check_fractions(self.fractions)
 
     def replace(self, **changes: Any) -> RankerConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""

@@ -1,0 +1,81 @@
+"""The end of a training epoch, shared by the fusion head and the ranker.
+
+Both loops keep the same run state (``epoch``, ``step``, ``best``, ``best_epoch``,
+``bad_epochs``, ``train_seconds``, ``history``), checkpoint after every epoch and stop
+early on the validation figure or on the time budget; only the main process decides, and
+every process learns the decision (:func:`agree_on_stop`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.fusion_checkpoint import save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def close_epoch(state: dict[str, Any], *, value: float, metrics: Mapping[str, Any],
+                sums: Mapping[str, float], steps_per_epoch: int, config: Any,
+                checkpointed: torch.nn.Module, best_of: torch.nn.Module,
+                best_state: dict[str, torch.Tensor] | None, optimizer: Any, scheduler: Any,
+                snapshot: str, ckpt_dir: Path) -> tuple[dict[str, torch.Tensor] | None,
+                                                        str | None]:
+    """Records an epoch's validation ``value``, keeps the best weights and checkpoints.
+
+    Args:
+        state: The run state (updated in place; its ``history`` gets the epoch's record).
+        value: The monitored validation figure (higher is better).
+        metrics: All validation figures, for the history.
+        sums: Training losses summed over the epoch's steps.
+        steps_per_epoch: To average ``sums``.
+        config: ``min_delta``, ``monitor``, ``patience``, ``max_minutes`` and ``to_dict``.
+        checkpointed: The module whose state the checkpoint holds.
+        best_of: The module whose weights are kept when ``value`` improves.
+        best_state: The best weights so far.
+        optimizer, scheduler: Their states go in the checkpoint.
+        snapshot: The training data's snapshot id.
+        ckpt_dir: Where the checkpoint goes.
+
+    Returns:
+        The best weights, and why to stop (``early-stopped``, ``time-budget``) or ``None``.
+    """
+    epoch = state["epoch"]
+    improved = value > state["best"] + config.min_delta
+    if improved:
+        state.update(best=value, best_epoch=epoch, bad_epochs=0)
+        best_state = {k: v.detach().cpu().clone() for k, v in best_of.state_dict().items()}
+    else:
+        state["bad_epochs"] += 1
+    state["history"]["epochs"].append({
+        "epoch": epoch, "step": state["step"], "monitor": value,
+        "seconds": state["train_seconds"],
+        "train": {k: v / max(1, steps_per_epoch) for k, v in sums.items()},
+        "valid": dict(metrics)})
+    logger.info("epoch %d: loss %.4f, valid %s = %.4f%s", epoch,
+                sums.get("loss", 0.0) / max(1, steps_per_epoch), config.monitor, value,
+                " (best)" if improved else "")
+    save_checkpoint(ckpt_dir, model=checkpointed.state_dict(), best=best_state,
+                    optimizer=optimizer.state_dict(), meta={
+                        **state, "config": config.to_dict(), "data_snapshot": snapshot,
+                        "scheduler": scheduler.state_dict(), "finished": False})
+    if state["bad_epochs"] >= config.patience:
+        return best_state, "early-stopped"
+    if state["train_seconds"] > config.max_minutes * 60:
+        return best_state, "time-budget"
+    return best_state, None
+
+
+def agree_on_stop(accelerator: Any, decision: str | None) -> str | None:
+    """The main process's decision, given to every process (all wait for each other)."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        decision = broadcast_object_list([decision])[0]
+    accelerator.wait_for_everyone()
+    return decision
