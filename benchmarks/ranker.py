@@ -94,6 +94,8 @@ def work_index(source: Path, work: Path) -> Path:
 def simulated_log(engine: SearchEngine, work: Path, name: str, sessions: int, seed: int,
                   config: SimConfig, say: Report) -> tuple[str, SimulationTruth]:
     stem = f"{name}-s{seed}-n{sessions}-e{config.explore:g}"
+    if config.explore_depth != config.k:
+        stem += f"-d{config.explore_depth}"
     db, truth_path = work / f"{stem}.sqlite", work / f"{stem}.truth.json"
     url = f"sqlite:///{db}"
     if truth_path.is_file() and db.is_file():
@@ -120,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout-sessions", type=int, default=1500)
     parser.add_argument("--explore", type=float, default=0.1,
                         help="share of training lists shown shuffled")
+    parser.add_argument("--explore-depth", type=int, default=50,
+                        help="explored training lists draw from the engine's top N")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--config", help="TOML with [train.ranker] settings")
@@ -140,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"index: copy of {args.index} at {index}: {len(engine):,} products, "
         f"{engine.manifest['profile']} profile")
     train_url, _ = simulated_log(engine, args.work, "train", args.sessions, args.seed,
-                                 SimConfig(explore=args.explore), say)
+                                 SimConfig(explore=args.explore,
+                                           explore_depth=args.explore_depth), say)
     held_url, held_truth = simulated_log(engine, args.work, "heldout", args.heldout_sessions,
                                          args.seed + 1, SimConfig(explore=1.0), say)
 

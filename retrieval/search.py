@@ -9,6 +9,7 @@ recall when few records pass, and scoring a few thousand rows exactly is cheaper
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -92,6 +93,23 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class QueryPlan:
+    """A query as search understood it, before ranking (:meth:`SearchEngine.understand`)."""
+
+    query: dict[str, np.ndarray]  # slot -> unit query vector
+    filters: Filters
+    boosts: Mapping[str, tuple[str, ...]]
+    parsed: ParsedQuery | None = None
+    relaxed: tuple[str, ...] = ()
+    has_image: bool = False
+    has_text: bool = False
+
+    def facts(self) -> QueryFacts:
+        """What the ranking head knows of this query."""
+        return QueryFacts(modality(self.has_image, self.has_text), self.filters, self.boosts)
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """Ranked hits plus what was applied to get them."""
 
@@ -129,21 +147,46 @@ class SearchEngine:
         self.settings = settings
         self.table = records.table()
         self.row_of = {p.product_id: i for i, p in enumerate(self.products)}
-        self.fusion = fusion_from_manifest(manifest, folder)
-        if isinstance(self.fusion, WeightedConcatFusion):
-            self.weights = self.fusion.weights()
-            self.fused: np.ndarray | None = None
-        else:
-            # A learned head scores in its own space: keep the products' fused vectors
-            # (derived from the stored slots, one pass at open) for exact re-scoring.
-            self.weights = {s["slot"]: 1.0 for s in manifest["slots"]}
-            self.fused = self.fusion.fuse({k: v.astype(np.float32)
-                                           for k, v in vectors.items()}, len(self.products))
+        self.exact_only = False  # a variant (:meth:`variant`) never asks the ANN index
+        self._float32: dict[str, np.ndarray] = {}  # variants' whole-catalog slot vectors
+        self._use_fusion(fusion_from_manifest(manifest, folder))
         self.vocabulary = Vocabulary(manifest.get("vocabulary", {}))
         self.parser = QueryParser(self.vocabulary)
         self.limits = ImageLimits(max_pixels=settings.max_image_pixels,
                                   max_bytes=settings.max_image_bytes,
                                   timeout_s=settings.url_timeout_s, retries=settings.url_retries)
+
+    def _use_fusion(self, fusion: Any) -> None:
+        self.fusion = fusion
+        if isinstance(fusion, WeightedConcatFusion):
+            self.weights = fusion.weights()
+            self.fused: np.ndarray | None = None
+        else:
+            # A learned head scores in its own space: keep the products' fused vectors
+            # (derived from the stored slots, one pass at open) for exact re-scoring.
+            self.weights = {s["slot"]: 1.0 for s in self.manifest["slots"]}
+            self.fused = fusion.fuse({k: v.astype(np.float32) for k, v in self.vectors.items()},
+                                     len(self.products))
+
+    def variant(self, *, fusion: Any = None, ranker: Reranker | None = None,
+                keep_ranker: bool = False) -> SearchEngine:
+        """This engine with another fusion and/or ranker, sharing its products, vectors,
+        encoders and store: what evaluations compare. The ANN index holds this version's
+        fused vectors, so a variant scores every allowed product exactly.
+
+        Args:
+            fusion: A fusion (``fuse(slots, n)``: a :class:`~retrieval.fusion_head.
+                LearnedFusion` or the training-free :class:`WeightedConcatFusion`); ``None``
+                keeps this engine's.
+            ranker: The variant's ranker (``None``: similarity order, unless
+                ``keep_ranker``).
+        """
+        other = copy.copy(self)  # shares products, vectors, encoders, store, caches
+        other.ranker = self.ranker if keep_ranker else ranker
+        if fusion is not None:
+            other._use_fusion(fusion)
+        other.exact_only = True
+        return other
 
     @classmethod
     def open(cls, index_dir: str | Path | None = None, *, settings: Settings | None = None,
@@ -324,10 +367,36 @@ class SearchEngine:
         """
         if not 1 <= int(k) <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K} (got {k}).")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        plan = self.understand(image, text, filters, parse_text=parse_text, relax=relax,
+                               timings=timings)
+        t2 = time.perf_counter()
+        reranking = rerank and self.ranker is not None and bool(plan.query)
+        wanted = max(k, self.ranker.candidates) if reranking and self.ranker else k
+        hits, exact = self.rank(plan.query, plan.filters, plan.boosts, wanted,
+                                set(exclude_ids))
+        timings["search"] = _ms(t2)
+        if reranking:
+            t3 = time.perf_counter()
+            hits = self.rerank(hits, plan.facts(), session)[:k]
+            timings["rerank"] = _ms(t3)
+        timings["total"] = _ms(t0)
+        return SearchResult(hits=hits, filters=plan.filters, parsed=plan.parsed,
+                            relaxed=plan.relaxed, index_version=self.version,
+                            timings_ms=timings, exact=exact)
+
+    def understand(self, image: ImageSource | None = None, text: str | None = None,
+                   filters: Filters | None = None, *, parse_text: bool = True,
+                   relax: bool = True, timings: dict[str, float] | None = None
+                   ) -> QueryPlan:
+        """What :meth:`search` makes of a query before ranking: its filters (explicit and
+        read from the words, relaxed if they leave nothing), soft boosts, and the encoded
+        slot vectors. Raises like :meth:`search`."""
         text = (text or "").strip() or None
         if image is None and text is None and (filters is None or filters.is_empty()):
             raise ValueError("Give a photo, some words, or filters to search by.")
-        timings: dict[str, float] = {}
+        timings = {} if timings is None else timings
         t0 = time.perf_counter()
         parsed = self.parser.parse(text) if (text and parse_text) else None
         explicit = filters or Filters()
@@ -342,20 +411,9 @@ class SearchEngine:
         combined, relaxed = self._applicable(read, explicit, relax)
         query = self._drop_contradicted(self.encode_query(query_image, semantic), combined)
         timings["encode"] = _ms(t1)
-        t2 = time.perf_counter()
-        boosts = parsed.boosts if parsed else {}
-        reranking = rerank and self.ranker is not None and bool(query)
-        wanted = max(k, self.ranker.candidates) if reranking and self.ranker else k
-        hits, exact = self.rank(query, combined, boosts, wanted, set(exclude_ids))
-        timings["search"] = _ms(t2)
-        if reranking:
-            t3 = time.perf_counter()
-            facts = QueryFacts(modality(query_image is not None, bool(text)), combined, boosts)
-            hits = self.rerank(hits, facts, session)[:k]
-            timings["rerank"] = _ms(t3)
-        timings["total"] = _ms(t0)
-        return SearchResult(hits=hits, filters=combined, parsed=parsed, relaxed=relaxed,
-                            index_version=self.version, timings_ms=timings, exact=exact)
+        return QueryPlan(query=query, filters=combined, boosts=parsed.boosts if parsed else {},
+                         parsed=parsed, relaxed=relaxed, has_image=query_image is not None,
+                         has_text=bool(text))
 
     def _applicable(self, read: Filters, explicit: Filters, relax: bool
                     ) -> tuple[Filters, tuple[str, ...]]:
@@ -374,9 +432,13 @@ class SearchEngine:
         return combined, tuple(relaxed)
 
     def rank(self, query: Mapping[str, np.ndarray], filters: Filters,
-             boosts: Mapping[str, tuple[str, ...]], k: int, exclude: set[str]
-             ) -> tuple[list[SearchHit], bool]:
+             boosts: Mapping[str, tuple[str, ...]], k: int, exclude: set[str], *,
+             exact: bool = False) -> tuple[list[SearchHit], bool]:
         """Ranks products for already encoded query slots (the core of every search).
+
+        Args:
+            exact: Score every product the filters allow, never the ANN index (what
+                evaluations compare fusions by).
 
         Returns:
             The top ``k`` hits, and whether they were scored exactly (no ANN).
@@ -390,7 +452,8 @@ class SearchEngine:
         allowed = len(self.products) if mask is None else int(mask.sum())
         if allowed == 0:
             return [], True
-        exact = not query or (mask is not None and allowed <= EXACT_MAX_ROWS)
+        exact = exact or self.exact_only or not query or (
+            mask is not None and allowed <= EXACT_MAX_ROWS)
         fused_query = (self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
                        if query else None)
         if exact:
@@ -402,15 +465,7 @@ class SearchEngine:
             rows = rows[:k]
             return [SearchHit(self.products[r], i + 1, 0.0, {}, tuple(filters.describe()))
                     for i, r in enumerate(rows)], True
-        per_slot = slot_scores(query, {s: self.vectors[s][rows] for s in query})
-        if self.fused is None:
-            fused_scores = weighted_score(per_slot, self.weights)
-        else:
-            fused_scores = self.fused[rows] @ fused_query
-        bonus = np.zeros(len(rows), dtype=np.float32)
-        for key, values in boosts.items():
-            bonus += BOOST * np.isin(self.table.column(key)[rows], list(values))
-        total = fused_scores + bonus
+        per_slot, total = self.score_rows(query, boosts, rows, fused_query)
         order = np.argsort(-total, kind="stable")[:k]
         chips = filters.describe()
         out = []
@@ -426,6 +481,31 @@ class SearchEngine:
                     why.append(f"{key}: {value}")
             out.append(SearchHit(self.products[row], rank, float(total[j]), scores, tuple(why)))
         return out, exact
+
+    def score_rows(self, query: Mapping[str, np.ndarray], boosts: Mapping[str, tuple[str, ...]],
+                   rows: np.ndarray, fused_query: np.ndarray | None = None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Per-slot cosines and the score search ranks by (fused similarity plus the soft
+        boosts) of products ``rows`` for an encoded, non-empty query."""
+        if fused_query is None:
+            fused_query = self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
+        if self.exact_only:
+            # A variant scores (nearly) the whole catalog per query: from float32 copies of
+            # the vectors, all rows at once, rather than converting the rows every time.
+            if not self._float32:
+                self._float32.update({s: v.astype(np.float32) for s, v in self.vectors.items()})
+            per_slot = {s: (self._float32[s] @ v.astype(np.float32))[rows]
+                        for s, v in query.items()}
+            fused_scores = None if self.fused is None else (self.fused @ fused_query)[rows]
+        else:
+            per_slot = slot_scores(query, {s: self.vectors[s][rows] for s in query})
+            fused_scores = None if self.fused is None else self.fused[rows] @ fused_query
+        if fused_scores is None:
+            fused_scores = weighted_score(per_slot, self.weights)
+        bonus = np.zeros(len(rows), dtype=np.float32)
+        for key, values in boosts.items():
+            bonus += BOOST * np.isin(self.table.column(key)[rows], list(values))
+        return per_slot, fused_scores + bonus
 
     def _ann_rows(self, fused_query: np.ndarray, want: int, filters: Filters,
                   mask: np.ndarray | None, allowed: int) -> np.ndarray:

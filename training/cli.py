@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
                    "1 / rank^eta (default 1.0)")
     p.add_argument("--explore", type=float, help="share of result lists shown shuffled "
                    "(default 0)")
+    p.add_argument("--explore-depth", type=int, help="an explored list shows k products "
+                   "drawn from the engine's top N (default 10: the top 10 shuffled; 50 "
+                   "shows a ranker the candidates search re-ranks)")
     p.add_argument("--photos", help="folder of larger product photos <id>.jpg (default: "
                    "../shared/data/fashion_300px/images when present)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -85,8 +88,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.sessions < 1:
         raise ValueError(f"--sessions must be at least 1 (got {args.sessions}).")
-    overrides = {k: v for k, v in (("eta", args.eta), ("explore", args.explore))
-                 if v is not None}
+    overrides = {k: v for k, v in (("eta", args.eta), ("explore", args.explore),
+                                   ("explore_depth", args.explore_depth)) if v is not None}
     config = SimConfig(**overrides)
     settings = load_settings(getattr(args, "config", None),
                              index_dir=Path(args.index) if args.index else None,

@@ -85,6 +85,12 @@ def register(sub: Any) -> None:
     p.add_argument("--ranker", help="also re-rank the trained head's results with this "
                    "ranking head: vNNNN, latest or promoted (the one serving --index)")
     p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--sessions", metavar="LOG", help="also judge the systems on the held-out "
+                   "simulated sessions of this event log (a `shopassist simulate` run the "
+                   "models were not trained on): URL or SQLite file")
+    p.add_argument("--truth", help="that simulation's ground truth (default: beside a SQLite "
+                   "log, <name>.truth.json)")
+    p.add_argument("--max-queries", type=int, help="judge only the log's first N queries")
     p.add_argument("--report", help="output folder (default reports/fusion-<version>)")
     p.add_argument("--cache", default=DEFAULT_CACHE)
     p.add_argument("--device", default=None, help="device for encoding uncached queries")
@@ -256,7 +262,11 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from training.fusion_report import evaluate_artifact, write_report
+    from training.fusion_report import (
+        evaluate_artifact,
+        evaluate_session_log,
+        write_report,
+    )
     from training.registry import ModelRegistry
 
     settings = _settings(args, device=args.device)
@@ -276,8 +286,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"No ranker is promoted for {settings.index_dir}; pass "
                              "--ranker vNNNN.")
         ranker = registry.path("ranker", ranker_version)
+    if args.max_queries is not None and args.max_queries < 1:
+        raise ValueError(f"--max-queries must be at least 1 (got {args.max_queries}).")
     results = evaluate_artifact(settings.index_dir, artifact, settings,
                                 cache_dir=Path(args.cache), split=args.split, ranker=ranker)
+    if args.sessions:
+        from training.cli import default_truth_path
+
+        url = args.sessions if "://" in args.sessions else \
+            f"sqlite:///{Path(args.sessions).resolve()}"
+        truth = Path(args.truth) if args.truth else default_truth_path(url)
+        if not truth.is_file():
+            raise ValueError(f"No ground truth at {truth}: pass --truth, the file `shopassist "
+                             "simulate` saved beside the log.")
+        results.sessions = evaluate_session_log(settings.index_dir, artifact, settings, url,
+                                                truth, ranker=ranker,
+                                                max_queries=args.max_queries)
     out = Path(args.report) if args.report else Path("reports") / f"fusion-{artifact.name}"
     report = write_report(results, out)
     if args.json:

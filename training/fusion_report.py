@@ -46,6 +46,7 @@ class EvalResults:
     meta: dict[str, Any]
     data: dict[str, Any]
     split: str
+    sessions: dict[str, Any] | None = None  # :func:`evaluate_session_log`'s result
 
 
 def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Settings, *,
@@ -105,6 +106,73 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Set
     except (OSError, json.JSONDecodeError):
         history = {"steps": [], "epochs": []}
     return EvalResults(results, history, learned.meta, data.info, split)
+
+
+def evaluate_session_log(index_dir: str | Path, artifact: str | Path, settings: Settings,
+                         log_url: str, truth_path: str | Path, *, ranker: str | Path | None
+                         = None, max_queries: int | None = None, history: str | None = None,
+                         show: bool | None = None) -> dict[str, Any]:
+    """The same systems on the held-out simulated sessions of an event log
+    (:mod:`training.session_eval`).
+
+    Args:
+        index_dir: The index the log was simulated against.
+        artifact: The trained fusion head; ``ranker``: optionally a ranking head.
+        log_url: Event-log URL of a simulation the models were not trained on.
+        truth_path: That simulation's ground truth (``shopassist simulate`` saves it).
+        max_queries: Judge only the first this many queries.
+        history: Whose earlier lists the ranker sees (default: as it was trained).
+
+    Raises:
+        ValueError: The log was simulated against another fusion than this index's, or
+            holds none of the truth's queries.
+    """
+    from assistant.eventlog import EventLog
+    from retrieval.progress import progress
+    from retrieval.ranker import Reranker as RankingModel
+    from retrieval.search import SearchEngine
+    from training.datasets import impressions_table
+    from training.session_eval import evaluate_sessions
+    from training.truth import SimulationTruth
+
+    truth = SimulationTruth.load(truth_path)
+    engine = SearchEngine.open(index_dir, settings=settings)
+    simulated_with = truth.index.get("fusion")
+    free = training_free_fusion(engine.manifest)
+    if simulated_with == engine.fusion.version:
+        reference = engine.variant(fusion=engine.fusion)
+    elif simulated_with == free.version:
+        reference = engine.variant(fusion=free)
+    else:
+        raise ValueError(f"{truth_path} was simulated against fusion {simulated_with!r}; "
+                         f"{index_dir} serves {engine.fusion.version!r}. Evaluate on a log "
+                         "simulated against this index (`shopassist simulate`).")
+    learned = LearnedFusion.load(artifact)
+    trained = engine.variant(fusion=learned)
+    systems = {"untrained fusion": engine.variant(fusion=free),
+               f"trained fusion {Path(artifact).name}": trained}
+    if ranker is not None:
+        model = RankingModel.load(ranker)
+        systems[f"trained fusion {Path(artifact).name} + ranker {Path(ranker).name}"] = \
+            trained.variant(ranker=model)
+        history = history or str(model.meta.get("config", {}).get("history", "user"))
+    with EventLog.open(log_url, create=False) as log:
+        frame = impressions_table(log)
+    total = frame["query_id"].nunique()
+    total = total if max_queries is None else min(total, max_queries)
+    with progress(total=total, desc="held-out sessions", unit="query", show=show) as bar:
+        seen = [0]
+
+        def advance(done: int) -> None:
+            bar.update(done - seen[0])
+            seen[0] = done
+
+        report = evaluate_sessions(reference, systems, frame, truth,
+                                   history=history or "user", max_queries=max_queries,
+                                   progress=advance)
+    return {"systems": report.systems, "queries": report.queries, "kinds": report.kinds,
+            "log": log_url, "truth": str(truth_path), "simulated_with": simulated_with,
+            "history": history or "user"}
 
 
 def ranker_hook(reranker: Any, engine: Any, view: IndexView, data: FusionData) -> Reranker:
@@ -204,16 +272,38 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
             cells = [f"{by_cat[s][c]['NDCG@10']:.3f}" if c in by_cat[s] else "-" for s in names]
             lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
+    if results.sessions:
+        lines += _session_table(results.sessions)
     if not any("ranker" in name for name in results.systems):
         lines += ["Add the ranking head's column with `shopassist eval --ranker VERSION`.", ""]
+    if not results.sessions:
+        lines += ["Add held-out simulated sessions with `shopassist eval --sessions LOG` (a "
+                  "`shopassist simulate` log the models were not trained on).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps({
         "split": results.split, "systems": results.systems, "data": results.data,
+        "sessions": results.sessions,
         "artifact": {k: meta.get(k) for k in ("sha256", "created", "data_snapshot",
                                              "metrics", "training")}},
         indent=2, default=str) + "\n")
     return report
+
+
+def _session_table(sessions: Mapping[str, Any]) -> list[str]:
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sessions["kinds"].items())
+    columns = ["NDCG@10", "NDCG@10 photo", "NDCG@10 words", "purchases/100"]
+    lines = [f"### Held-out simulated sessions ({sessions['queries']:,} queries: {kinds})", "",
+             f"Log `{sessions['log']}`, judged by its hidden truth (simulated against "
+             f"`{sessions['simulated_with']}`; ranker history: {sessions['history']}). "
+             "NDCG@10 of the hidden chance of a purchase, with every system's top 10 as "
+             "the pool; purchases/100: expected purchases per 100 queries under the "
+             "truth's position bias.", "",
+             "| system | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, r in sessions["systems"].items():
+        cells = [f"{r[c]:.3f}" if c in r else "-" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _plots(results: EvalResults, out: Path) -> dict[str, Path]:

@@ -70,7 +70,8 @@ class Replayed:
     matched: int
 
 
-def _photo(truth: SimulationTruth, query_id: str) -> Any:
+def query_photo(truth: SimulationTruth, query_id: str) -> Any:
+    """The photo a simulated query was made with, regenerated from the truth's seed."""
     info = truth.photos[f"{query_id}photo"]
     return shopper_photo(load_image(info["source"]), np.random.default_rng(info["seed"]))
 
@@ -118,7 +119,7 @@ def replay(engine: SearchEngine, frame: pd.DataFrame, truth: SimulationTruth, *,
         asks = []
         for s, _ in batch:
             text = frame["query_text"].iat[s]
-            photo = _photo(truth, qids[s]) if frame["has_image"].iat[s] else None
+            photo = query_photo(truth, qids[s]) if frame["has_image"].iat[s] else None
             asks.append((photo, text if isinstance(text, str) else None))
         searcher.prime(asks)
         for (s, e), (photo, text) in zip(batch, asks, strict=True):

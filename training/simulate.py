@@ -264,11 +264,13 @@ class Simulator:
         message_id = self.log.log_message(s.conversation_id, "user", intent.message,
                                           has_image=photo is not None, upload_ref=ref,
                                           at=s.clock)
-        result = self.searcher.search(image=photo, text=intent.text, k=cfg.k)
+        explore = bool(rng.random() < cfg.explore)
+        result = self.searcher.search(image=photo, text=intent.text,
+                                      k=cfg.explore_depth if explore else cfg.k)
         hits: list[SearchHit] = list(result.hits)
-        shuffled = bool(rng.random() < cfg.explore) and len(hits) > 1
+        shuffled = explore and len(hits) > 1
         if shuffled:
-            hits = [hits[int(j)] for j in rng.permutation(len(hits))]
+            hits = [hits[int(j)] for j in rng.permutation(len(hits))[:cfg.k]]
         shown_at = s.clock + timedelta(seconds=1)
         ranker = self.engine.ranker
         model = (self.fusion or "engine") + (f"+ranker-{ranker.version}" if ranker else "") \

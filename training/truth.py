@@ -66,6 +66,10 @@ class SimConfig:
         eta: Position bias: ``P(examine | rank) = 1 / rank ** eta``.
         explore: Share of result lists shown in a random order (logged with the model
             version ``...+shuffle``), as a shop would for unbiased position estimates.
+        explore_depth: An explored list shows ``k`` products drawn at random from the
+            engine's top ``explore_depth`` (at least ``k``; ``k``: the top ``k`` shuffled).
+            Deeper exploration shows a ranker the candidates it re-orders when serving
+            (search re-ranks the top 50), which ordinary traffic never displays.
         photo_rate: Mean share of a shopper's new queries made by photo (per shopper
             ``Beta`` around it).
         refine_rate: Chance that a follow-up query refines the previous one ("cheaper",
@@ -94,6 +98,7 @@ class SimConfig:
     k: int = 10
     eta: float = 1.0
     explore: float = 0.0
+    explore_depth: int = 10
     photo_rate: float = 0.3
     refine_rate: float = 0.3
     price_cap_rate: float = 0.25
@@ -122,6 +127,9 @@ class SimConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} is a probability, between 0 and 1 (got {value}).")
+        if self.explore_depth < self.k or self.explore_depth > 1000:
+            raise ValueError(f"explore_depth must be between k ({self.k}) and 1000 (got "
+                             f"{self.explore_depth}).")
         if self.max_queries < 1:
             raise ValueError(f"max_queries must be at least 1 (got {self.max_queries}).")
 

@@ -186,6 +186,29 @@ def test_config_is_validated_and_round_trips():
         SimConfig(explore=1.5)
     with pytest.raises(ValueError, match="Unknown simulator settings"):
         SimConfig.from_dict({"etaa": 1.0})
+    with pytest.raises(ValueError, match="explore_depth"):
+        SimConfig(explore_depth=5)  # fewer than the k = 10 products a list shows
+
+
+def test_deep_exploration_shows_products_from_beyond_the_top_k(sim_engine, tmp_path):
+    """An explored list is k products drawn from the engine's top explore_depth: some from
+    below rank k, none repeated, never more than k; ordinary lists stay the top k."""
+    config = SimConfig(explore=1.0, explore_depth=40, colour_rate=0.0, photo_rate=0.0)
+    url, truth = run_simulation(sim_engine, tmp_path, 30, seed=9, config=config)
+    with EventLog.open(url, create=False) as log, log.reading() as conn:
+        rows = conn.execute(select(queries.c.id, queries.c.text, impressions.c.product_id)
+                            .join(impressions, impressions.c.query_id == queries.c.id)).all()
+    lists: dict[str, tuple[str, list[str]]] = {}
+    for query_id, text, product_id in rows:
+        lists.setdefault(query_id, (text, []))[1].append(product_id)
+    deeper = 0
+    for query_id, (text, ids) in lists.items():
+        assert len(ids) == len(set(ids)) <= config.k
+        top = {h.product.product_id for h in sim_engine.search(text=text, k=40).hits}
+        top_k = {h.product.product_id for h in sim_engine.search(text=text, k=10).hits}
+        assert set(ids) <= top, query_id
+        deeper += len(set(ids) - top_k)
+    assert truth.summary["shuffled"] > 0 and deeper > len(lists)
 
 
 def test_primed_searches_match_the_engine(sim_engine):
