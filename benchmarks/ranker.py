@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout-sessions", type=int, default=1500)
     parser.add_argument("--explore", type=float, default=0.1,
                         help="share of training lists shown shuffled")
-    parser.add_argument("--explore-depth", type=int, default=50,
+    parser.add_argument("--explore-depth", type=int, default=10,
                         help="explored training lists draw from the engine's top N")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--candidates", type=int, default=50)
@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows_table.append((f"top {args.candidates} replayed, full examination (drawn)",
                        sampled_ndcg(top, replayed.gains["purchased"], replayed.group),
                        replayed.queries))
+    ceilings = _ceilings(replayed.hidden, held_truth)
 
     say()
     say("NDCG@10 of purchased items on held-out simulated sessions "
@@ -214,6 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{ratio(values['oracle'], values['similarity']):>12} {n:>8,}")
     say(f"(replayed top-{args.candidates}: {replayed.matched:,} of {replayed.queries:,} "
         f"queries give back their logged top 10; replay took {replay_s:.0f} s)")
+    say()
+    say(f"what the oracle's gain is made of (top {args.candidates} replayed, hidden "
+        "P(purchase) as gain; ratio to similarity)")
+    sim_top = grouped_ndcg(top["similarity"], replayed.gains["purchased"], replayed.group)[0]
+    for name, order in ceilings.items():
+        value = grouped_ndcg(order, replayed.gains["purchased"], replayed.group)[0]
+        say(f"  {name:<62} {ratio(value, sim_top):>6}")
 
     _recovery(say, model, held, hidden, out["click"], held_truth, stats)
     say()
@@ -228,6 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in co_purchases(DIGINETICA):
             say(line)
     return 0
+
+
+def _ceilings(hidden: Any, truth: SimulationTruth) -> dict[str, np.ndarray]:
+    """Orderings by parts of the hidden utility: how much of the oracle's gain needs
+    knowing each shopper's tastes (preference) and budget (price) rather than the query's
+    full intent."""
+    c = truth.config.utility
+    term = {t: hidden[t].to_numpy() for t in ("intent", "target", "preference", "price",
+                                               "score")}
+    known = c.intent * term["intent"] + c.target * term["target"] + c.score * term["score"]
+    return {"oracle (every term)": hidden["u"].to_numpy(),
+            "without the shopper's tastes (preference term)": known + c.price * term["price"],
+            "without tastes or budget (intent, target, score only)": known,
+            "score and full intent only": c.intent * term["intent"] + c.score * term["score"]}
 
 
 def _expected(hidden: Any, truth: SimulationTruth) -> np.ndarray:

@@ -132,13 +132,17 @@ class Blend:
     Attributes:
         purchase_value: Weight of pCTCVR (the chance of a purchase from this impression).
         click_value: Weight of pCTR.
-        similarity_weight: Weight of the engine's fused score.
+        similarity_weight: Weight of the engine's fused score. 0.1 keeps catalog relevance
+            where a purchase-trained ranker alone trades it away (44k, held-out catalog
+            queries: text -> product NDCG@10 0.748 at 0, 0.907 at 0.1, 0.908 without a
+            ranker) at no cost in held-out simulated purchases (see README, "Learning
+            loop").
         candidates: How many candidates by similarity the ranker re-orders.
     """
 
     purchase_value: float = 1.0
     click_value: float = 0.05
-    similarity_weight: float = 0.0
+    similarity_weight: float = 0.1
     candidates: int = 50
 
     @classmethod

@@ -257,6 +257,8 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
              f"- written {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for kind in KINDS:
         lines += _table(results.systems, kind)
+    if results.sessions:
+        lines += _session_table(results.sessions)
     for name, path in plots.items():
         lines += [f"![{name}]({path.name})", ""]
     by_cat = {name: r.get("by_category", {}) for name, r in results.systems.items()}
@@ -272,8 +274,6 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
             cells = [f"{by_cat[s][c]['NDCG@10']:.3f}" if c in by_cat[s] else "-" for s in names]
             lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
-    if results.sessions:
-        lines += _session_table(results.sessions)
     if not any("ranker" in name for name in results.systems):
         lines += ["Add the ranking head's column with `shopassist eval --ranker VERSION`.", ""]
     if not results.sessions:

@@ -69,7 +69,8 @@ class RankerConfig:
         dataset: A ``shopassist dataset`` folder or an event-log URL.
         purchase_value: Serving blend: weight of pCTCVR.
         click_value: Serving blend: weight of pCTR.
-        similarity_weight: Serving blend: weight of the engine's fused score.
+        similarity_weight: Serving blend: weight of the engine's fused score (see
+            :class:`retrieval.ranker.Blend`).
         candidates: Candidates by similarity the engine lets the ranker re-order.
         mixed_precision: ``auto``, ``no``, ``fp16`` or ``bf16``.
         threads: torch CPU threads while training (0: torch's default). The head is small:
@@ -103,7 +104,7 @@ class RankerConfig:
     dataset: str = ""
     purchase_value: float = 1.0
     click_value: float = 0.05
-    similarity_weight: float = 0.0
+    similarity_weight: float = 0.1
     candidates: int = 50
     mixed_precision: str = "auto"
     threads: int = 0
