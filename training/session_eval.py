@@ -9,12 +9,12 @@ regenerated from the truth's seed) and exact scoring of every product the filter
 A ranker re-orders its fusion's top candidates with the shopper's history as serving would
 pass it: what they were shown and did earlier in the log.
 
-Each system's top ``k`` is judged by the hidden chance that the shopper buys a product they
+Each system's top 10 is judged by the hidden chance that the shopper buys a product they
 examine (:func:`training.ranker_recovery.expected_gains` of the hidden utility). The
 utility's engine-score term is the *reference* engine's score (the index as simulated), so
 the gains do not depend on which system is judged. Reported per system:
 
-- ``NDCG@10``: with the pool of every system's top ``k`` as the ideal (a pooled judgement,
+- ``NDCG@10``: with the pool of every system's top 10 as the ideal (a pooled judgement,
   as in TREC: a product no system found cannot be ranked by any);
 - ``purchases/100``: expected purchases per 100 queries, each product's chance weighted by
   the examination curve of the truth (``1 / rank ** eta``): what the shop would sell;
@@ -42,6 +42,7 @@ from training.truth import SimulationTruth
 logger = logging.getLogger(__name__)
 
 WAVE = 64  # queries encoded per batch
+K = 10  # results judged per query
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,13 @@ def _serve(system: SearchEngine, plan: QueryPlan, k: int,
 
 
 def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngine],
-                      frame: pd.DataFrame, truth: SimulationTruth, *, k: int = 10,
+                      frame: pd.DataFrame, truth: SimulationTruth, *,
                       history: str = "user", max_queries: int | None = None,
                       progress: Callable[[int], None] | None = None) -> SessionReport:
-    """Serves every logged query the truth knows with each system and judges the top ``k``.
+    """Serves every logged query the truth knows with each system and judges the top 10.
+
+    A logged query with neither words nor a photo (filters only) is not judged; its list
+    still joins the shopper's history.
 
     Args:
         reference: The engine the log was simulated against (its score is the utility's
@@ -85,7 +89,6 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
         frame: Impressions of the log (:func:`training.datasets.impressions_table`), query
             rows contiguous, in the order the queries happened.
         truth: The simulation's saved ground truth.
-        k: Results judged per query.
         history: Whose earlier lists a ranker sees: ``user``, ``session`` or ``none``.
         max_queries: Judge only the first this many queries (``None``: all).
         progress: Called with the number of queries done after each wave.
@@ -122,11 +125,22 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
             asks.append((photo, text if isinstance(text, str) and text.strip() else None))
         searcher.prime(asks)
         for (s, e), (photo, text) in zip(batch, asks, strict=True):
-            plan = searcher.shadow.understand(photo, text)
             session = [] if history == "none" else sessions.setdefault(keys[s], [])
+            if history != "none":
+                earlier = list(session)
+                session.extend({"product_id": frame["product_id"].iat[i],
+                                "clicked": bool(frame["clicked"].iat[i]),
+                                "added_to_cart": bool(frame["added_to_cart"].iat[i]),
+                                "purchased": bool(frame["purchased"].iat[i])}
+                               for i in range(s, e))
+            else:
+                earlier = []
+            if photo is None and text is None:
+                continue
+            plan = searcher.shadow.understand(photo, text)
             tops = {}
             for name in names:
-                hits = _serve(systems[name], plan, k, session)
+                hits = _serve(systems[name], plan, K, earlier)
                 tops[name] = np.array([reference.row_of[h.product.product_id] for h in hits],
                                       dtype=np.int64)
             pool = np.unique(np.concatenate(list(tops.values())))
@@ -139,12 +153,6 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
             pool_scores.append(np.asarray(score, dtype=np.float64))
             pool_qid.append(str(qids[s]))
             kinds.append("photo" if photo is not None else "words")
-            if history != "none":
-                for i in range(s, e):
-                    session.append({"product_id": frame["product_id"].iat[i],
-                                    "clicked": bool(frame["clicked"].iat[i]),
-                                    "added_to_cart": bool(frame["added_to_cart"].iat[i]),
-                                    "purchased": bool(frame["purchased"].iat[i])})
             done += 1
         if progress is not None:
             progress(done)
@@ -158,16 +166,17 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
     gains = expected_gains(hidden["u"].to_numpy(), truth)["purchased"]
     offsets = np.cumsum([0] + [len(p) for p in pool_rows])
     return SessionReport(
-        systems={n: figures(served[n], gains, offsets, kinds, truth, k) for n in names},
+        systems={n: figures(served[n], gains, offsets, kinds, truth) for n in names},
         queries=done, kinds={kind: kinds.count(kind) for kind in sorted(set(kinds))})
 
 
 def figures(served: list[np.ndarray], gains: np.ndarray, offsets: np.ndarray,
-            kinds: list[str], truth: SimulationTruth, k: int) -> dict[str, float]:
+            kinds: list[str], truth: SimulationTruth, k: int = K) -> dict[str, float]:
     """One system's figures.
 
     Args:
-        served: Per query, the positions in ``gains`` of the system's top ``k``, in order.
+        served: Per query, the positions in ``gains`` of the system's top ``k`` (10: the
+            figures are named for it), in order.
         gains: The hidden chance of a purchase of every pooled candidate, query by query.
         offsets: Query ``q``'s pool is ``gains[offsets[q]:offsets[q + 1]]``.
         kinds: ``photo`` or ``words`` per query.

@@ -104,6 +104,12 @@ def test_held_out_sessions_judge_every_system(sim_engine, simulated_shuffled, fu
         pytest.approx(report.systems["trained"]["purchases/100"])
     with pytest.raises(ValueError, match="truth file"):
         evaluate_sessions(free, systems, frame.assign(query_id="elsewhere"), truth)
+    # A query with neither words nor a photo (filters only) is not judged.
+    blank = frame.copy()
+    first = blank["query_id"] == blank["query_id"].iat[0]
+    blank.loc[first, "query_text"] = None
+    blank.loc[first, "has_image"] = False
+    assert evaluate_sessions(free, {"free": free}, blank, truth, max_queries=5).queries == 4
 
 
 def test_eval_cli_adds_the_sessions_table(sim_engine, simulated, simulated_shuffled,
