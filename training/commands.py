@@ -8,7 +8,9 @@ imports happen inside the handlers, so ``shopassist --help`` stays fast.
 - ``shopassist train ranker [--config FILE] [--index DIR] [--dataset DIR | --log URL]
   [--out models/] [--device auto] [--resume]``.
 - ``shopassist models list`` / ``promote fusion|ranker VERSION`` / ``rollback fusion|ranker``.
-- ``shopassist eval [--index DIR] [--version latest]`` — the Markdown + PNG report.
+- ``shopassist eval [--index DIR] [--version latest] [--ranker VERSION] [--sessions LOG
+  [--truth FILE] [--max-queries N]]`` — the Markdown + PNG report, on held-out catalog
+  queries and, with ``--sessions``, on held-out simulated sessions.
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "eval", parents=[config, index, where], help="evaluation report of a fusion head",
         description="Compare the training-free fusion, a ridge baseline and a trained fusion "
-        "head on held-out catalog queries (text -> photo ignoring titles, text -> product, "
-        "photo -> same product); write report.md with plots.")
+        "head (and, with --ranker, the head plus a ranking head) on held-out catalog queries "
+        "(text -> photo ignoring titles, text -> product, photo -> same product) and, with "
+        "--sessions, on held-out simulated sessions judged by their hidden truth; write "
+        "report.md with plots.")
     p.add_argument("--version", default="latest",
                    help="vNNNN, latest (default) or promoted (the one serving --index)")
     p.add_argument("--ranker", help="also re-rank the trained head's results with this "
@@ -288,17 +292,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ranker = registry.path("ranker", ranker_version)
     if args.max_queries is not None and args.max_queries < 1:
         raise ValueError(f"--max-queries must be at least 1 (got {args.max_queries}).")
-    results = evaluate_artifact(settings.index_dir, artifact, settings,
-                                cache_dir=Path(args.cache), split=args.split, ranker=ranker)
-    if args.sessions:
+    if args.sessions:  # checked before the catalog queries' minutes of work
         from training.cli import default_truth_path
 
         url = args.sessions if "://" in args.sessions else \
             f"sqlite:///{Path(args.sessions).resolve()}"
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            raise ValueError(f"No event log at {url.removeprefix('sqlite:///')}: --sessions "
+                             "takes the log `shopassist simulate --db` wrote.")
         truth = Path(args.truth) if args.truth else default_truth_path(url)
         if not truth.is_file():
             raise ValueError(f"No ground truth at {truth}: pass --truth, the file `shopassist "
                              "simulate` saved beside the log.")
+    results = evaluate_artifact(settings.index_dir, artifact, settings,
+                                cache_dir=Path(args.cache), split=args.split, ranker=ranker)
+    if args.sessions:
         results.sessions = evaluate_session_log(settings.index_dir, artifact, settings, url,
                                                 truth, ranker=ranker,
                                                 max_queries=args.max_queries)

@@ -143,4 +143,6 @@ def test_eval_cli_adds_the_sessions_table(sim_engine, simulated, simulated_shuff
     assert code != 0 and "truth file" in capsys.readouterr().err
     missing = main([*argv, "--truth", str(tmp_path / "nowhere.json")])
     assert missing != 0 and "No ground truth" in capsys.readouterr().err
+    argv[argv.index(db)] = str(tmp_path / "nowhere.sqlite")
+    assert main(argv) != 0 and "No event log" in capsys.readouterr().err
     assert all(not math.isnan(r["NDCG@10"]) for r in sessions["systems"].values())
