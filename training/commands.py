@@ -85,7 +85,8 @@ def register(sub: Any) -> None:
         "--sessions, on held-out simulated sessions judged by their hidden truth; write "
         "report.md with plots.")
     p.add_argument("--version", default="latest",
-                   help="vNNNN, latest (default) or promoted (the one serving --index)")
+                   help="vNNNN, latest (default), promoted (the one serving --index) or none "
+                   "(no head: the training-free fusion, e.g. with --ranker alone)")
     p.add_argument("--ranker", help="also re-rank the trained head's results with this "
                    "ranking head: vNNNN, latest or promoted (the one serving --index)")
     p.add_argument("--split", choices=["test", "valid"], default="test")
@@ -280,8 +281,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         version = registry.promoted("fusion", settings)
         if version is None:
             raise ValueError(f"No fusion head is promoted for {settings.index_dir}; pass "
-                             "--version.")
-    artifact = registry.path("fusion", version)
+                             "--version (none: the training-free fusion only).")
+    artifact = None if version == "none" else registry.path("fusion", version)
     ranker = None
     if args.ranker:
         ranker_version = registry.promoted("ranker", settings) \
@@ -304,13 +305,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not truth.is_file():
             raise ValueError(f"No ground truth at {truth}: pass --truth, the file `shopassist "
                              "simulate` saved beside the log.")
+    config = None
+    if artifact is None:
+        from training.fusion_config import load_fusion_config
+
+        config = load_fusion_config(getattr(args, "config", None))
     results = evaluate_artifact(settings.index_dir, artifact, settings,
-                                cache_dir=Path(args.cache), split=args.split, ranker=ranker)
+                                cache_dir=Path(args.cache), split=args.split, ranker=ranker,
+                                config=config)
     if args.sessions:
         results.sessions = evaluate_session_log(settings.index_dir, artifact, settings, url,
                                                 truth, ranker=ranker,
                                                 max_queries=args.max_queries)
-    out = Path(args.report) if args.report else Path("reports") / f"fusion-{artifact.name}"
+    name = artifact.name if artifact is not None else "none"
+    out = Path(args.report) if args.report else Path("reports") / f"fusion-{name}"
     report = write_report(results, out)
     if args.json:
         print(json.dumps(results.systems, indent=2))

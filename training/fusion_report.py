@@ -49,22 +49,27 @@ class EvalResults:
     sessions: dict[str, Any] | None = None  # :func:`evaluate_session_log`'s result
 
 
-def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Settings, *,
-                      cache_dir: Path | None, split: str = "test",
+def evaluate_artifact(index_dir: str | Path, artifact: str | Path | None, settings: Settings,
+                      *, cache_dir: Path | None, split: str = "test",
                       extra_systems: Mapping[str, tuple[FuseFn, Reranker | None]] = (),  # type: ignore[assignment]
                       ranker: str | Path | None = None,
-                      show: bool | None = None) -> EvalResults:
+                      show: bool | None = None,
+                      config: FusionConfig | None = None) -> EvalResults:
     """Scores the training-free fusion, a ridge baseline and the trained head.
 
     Args:
         index_dir: The index (its stored vectors; nothing is written to it).
-        artifact: A fusion head folder (``models/fusion/vNNNN``).
+        artifact: A fusion head folder (``models/fusion/vNNNN``), or ``None``: the
+            training-free fusion only (a shop that trained a ranker and no head); the
+            held-out products and queries are then ``config``'s.
         settings: Loads the index's encoders when a query is not cached yet.
         cache_dir: Query encoding cache (shared with training).
         split: ``test`` (default) or ``valid``.
         extra_systems: More columns: name -> (fusion, optional re-ranker).
         ranker: A ranking head folder (``models/ranker/vNNNN``): adds "trained fusion +
             ranker", the trained head's top 100 re-ordered by it (:func:`ranker_hook`).
+        config: The held-out split and queries without an artifact (default: the
+            defaults of :class:`FusionConfig`); an artifact brings its own.
 
     Raises:
         ArtifactError: The artifact is corrupted or does not fit the index's slots.
@@ -72,26 +77,31 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Set
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test (got {split!r}).")
     part = SPLIT_NAMES.index(split)
-    learned = LearnedFusion.load(artifact)
     view = IndexView.open(index_dir)
-    learned.check_slots([(s.name, s.dim) for s in view.slots])
-    config = FusionConfig.from_dict(learned.meta.get("config", {}), f"{artifact}/head.json")
-    data = build_fusion_data(view, config, cache_dir,
+    free = training_free_fusion(view.manifest)
+    if artifact is not None:
+        learned = LearnedFusion.load(artifact)
+        learned.check_slots([(s.name, s.dim) for s in view.slots])
+        config = FusionConfig.from_dict(learned.meta.get("config", {}),
+                                        f"{artifact}/head.json")
+    data = build_fusion_data(view, config or FusionConfig(), cache_dir,
                              lambda: QueryEncoder.for_index(view, settings), show)
-    systems: dict[str, tuple[FuseFn, Reranker | None]] = {
-        "untrained fusion": (training_free_fusion(view.manifest), None)}
+    systems: dict[str, tuple[FuseFn, Reranker | None]] = {"untrained fusion": (free, None)}
     ridge = ridge_baseline(data)
     if ridge is not None:
         systems["ridge map (image → text)"] = (ridge, None)
-    systems[f"trained fusion {Path(artifact).name}"] = (learned, None)
+    base_name, base = "untrained fusion", free
+    if artifact is not None:
+        base_name, base = f"trained fusion {Path(artifact).name}", learned
+        systems[base_name] = (learned, None)
     if ranker is not None:
         from retrieval.ranker import Reranker as RankingModel
         from retrieval.search import SearchEngine
 
         model = RankingModel.load(ranker)
         engine = SearchEngine.open(index_dir, settings=settings)
-        systems[f"trained fusion {Path(artifact).name} + ranker {Path(ranker).name}"] = (
-            learned, ranker_hook(model, engine, view, data))
+        systems[f"{base_name} + ranker {Path(ranker).name}"] = (
+            base, ranker_hook(model, engine, view, data))
     systems.update(dict(extra_systems))
     results = {}
     for name, (system, rerank) in systems.items():
@@ -102,13 +112,14 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path, settings: Set
                                  breakdown=True)
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - started)
     try:
-        history = json.loads((Path(artifact) / HISTORY).read_text())
+        history = json.loads((Path(artifact) / HISTORY).read_text()) if artifact else \
+            {"steps": [], "epochs": []}
     except (OSError, json.JSONDecodeError):
         history = {"steps": [], "epochs": []}
-    return EvalResults(results, history, learned.meta, data.info, split)
+    return EvalResults(results, history, learned.meta if artifact else {}, data.info, split)
 
 
-def evaluate_session_log(index_dir: str | Path, artifact: str | Path, settings: Settings,
+def evaluate_session_log(index_dir: str | Path, artifact: str | Path | None, settings: Settings,
                          log_url: str, truth_path: str | Path, *, ranker: str | Path | None
                          = None, max_queries: int | None = None, history: str | None = None,
                          show: bool | None = None) -> dict[str, Any]:
@@ -117,7 +128,8 @@ def evaluate_session_log(index_dir: str | Path, artifact: str | Path, settings: 
 
     Args:
         index_dir: The index the log was simulated against.
-        artifact: The trained fusion head; ``ranker``: optionally a ranking head.
+        artifact: The trained fusion head (``None``: none); ``ranker``: optionally a
+            ranking head.
         log_url: Event-log URL of a simulation the models were not trained on.
         truth_path: That simulation's ground truth (``shopassist simulate`` saves it).
         max_queries: Judge only the first this many queries.
@@ -147,14 +159,15 @@ def evaluate_session_log(index_dir: str | Path, artifact: str | Path, settings: 
         raise ValueError(f"{truth_path} was simulated against fusion {simulated_with!r}; "
                          f"{index_dir} serves {engine.fusion.version!r}. Evaluate on a log "
                          "simulated against this index (`shopassist simulate`).")
-    learned = LearnedFusion.load(artifact)
-    trained = engine.variant(fusion=learned)
-    systems = {"untrained fusion": engine.variant(fusion=free),
-               f"trained fusion {Path(artifact).name}": trained}
+    untrained = engine.variant(fusion=free)
+    systems = {"untrained fusion": untrained}
+    base_name, base = "untrained fusion", untrained
+    if artifact is not None:
+        base_name = f"trained fusion {Path(artifact).name}"
+        base = systems[base_name] = engine.variant(fusion=LearnedFusion.load(artifact))
     if ranker is not None:
         model = RankingModel.load(ranker)
-        systems[f"trained fusion {Path(artifact).name} + ranker {Path(ranker).name}"] = \
-            trained.variant(ranker=model)
+        systems[f"{base_name} + ranker {Path(ranker).name}"] = base.variant(ranker=model)
         history = history or str(model.meta.get("config", {}).get("history", "user"))
     with EventLog.open(log_url, create=False) as log:
         frame = impressions_table(log)
@@ -245,16 +258,18 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
     plots = _plots(results, out)
     meta = results.meta
     training = meta.get("training", {})
-    lines = [f"# Fusion head evaluation — {results.split} split", "",
-             f"- artifact: `{meta.get('sha256', '')[:12]}` created {meta.get('created', '')}, "
-             f"data snapshot `{meta.get('data_snapshot', '')}`",
+    head = (f"- artifact: `{meta.get('sha256', '')[:12]}` created {meta.get('created', '')}, "
+            f"data snapshot `{meta.get('data_snapshot', '')}`") if meta else \
+        "- no fusion head: the training-free fusion (`--version none`)"
+    lines = [f"# Fusion head evaluation — {results.split} split", "", head,
              f"- index: `{results.data['index']['folder']}` "
              f"({results.data['index']['products']:,} products)",
-             f"- held-out products: {results.data['products']}",
-             f"- training: {training.get('seconds', '?')} s, {training.get('epochs', '?')} "
-             f"epochs ({training.get('stopped', '?')}), device {training.get('device', '?')}"
-             f" × {training.get('processes', 1)}",
-             f"- written {time.strftime('%Y-%m-%d %H:%M')}", ""]
+             f"- held-out products: {results.data['products']}"]
+    if meta:
+        lines.append(f"- training: {training.get('seconds', '?')} s, "
+                     f"{training.get('epochs', '?')} epochs ({training.get('stopped', '?')}), "
+                     f"device {training.get('device', '?')} × {training.get('processes', 1)}")
+    lines += [f"- written {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for kind in KINDS:
         lines += _table(results.systems, kind)
     if results.sessions:

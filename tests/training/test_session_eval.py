@@ -146,3 +146,32 @@ def test_eval_cli_adds_the_sessions_table(sim_engine, simulated, simulated_shuff
     argv[argv.index(db)] = str(tmp_path / "nowhere.sqlite")
     assert main(argv) != 0 and "No event log" in capsys.readouterr().err
     assert all(not math.isnan(r["NDCG@10"]) for r in sessions["systems"].values())
+
+
+def test_eval_without_a_fusion_head_compares_the_ranker_alone(sim_engine, simulated_shuffled,
+                                                              trained_ranker, tmp_path):
+    """--version none: a shop that trained only a ranker compares it with the training-free
+    fusion, on catalog queries (the config's held-out split) and held-out sessions."""
+    import shutil
+
+    from tests.training.test_fusion_commands import write_config
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_ranker[0].artifact, models / "ranker" / "v0001")
+    config = write_config(tmp_path / "shopassist.toml", sim_engine.settings, eval_queries=20)
+    db = simulated_shuffled[0].removeprefix("sqlite:///")
+    with one_thread():
+        code = main(["--config", str(config), "eval", "--models", str(models), "--index",
+                     str(sim_engine.settings.index_dir), "--cache", str(tmp_path / "cache"),
+                     "--report", str(tmp_path / "report"), "--version", "none", "--ranker",
+                     "v0001", "--sessions", db, "--max-queries", "30"])
+    assert code == 0
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    ranked = "untrained fusion + ranker v0001"
+    assert set(results["sessions"]["systems"]) == {"untrained fusion", ranked}
+    assert ranked in results["systems"] and not any(
+        n.startswith("trained fusion") for n in results["systems"])
+    assert results["systems"][ranked]["text_product"]["n"] == \
+        results["systems"]["untrained fusion"]["text_product"]["n"] > 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "no fusion head" in report and "- training:" not in report
