@@ -159,6 +159,10 @@ def evaluate_session_log(index_dir: str | Path, artifact: str | Path | None, set
         raise ValueError(f"{truth_path} was simulated against fusion {simulated_with!r}; "
                          f"{index_dir} serves {engine.fusion.version!r}. Evaluate on a log "
                          "simulated against this index (`shopassist simulate`).")
+    if truth.index.get("version") not in (None, engine.version):
+        logger.warning("%s was simulated against index version %s; %s serves %s: products "
+                       "added or changed since are judged by today's catalog.", truth_path,
+                       truth.index.get("version"), index_dir, engine.version)
     untrained = engine.variant(fusion=free)
     systems = {"untrained fusion": untrained}
     base_name, base = "untrained fusion", untrained
