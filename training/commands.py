@@ -227,7 +227,10 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     for label in ("purchased", "clicked"):
         if f"ranker {label}" in test:
             print(f"  test NDCG@10 of {label} items: ranker {test[f'ranker {label}']:.3f}, "
-                  f"similarity {test[f'similarity {label}']:.3f}")
+                  f"similarity {test[f'similarity {label}']:.3f} "
+                  f"({int(test.get(f'queries {label}', 0)):,} lists)")
+    print("  (logged lists in the engine's order favour the engine's order; judge it with "
+          "`shopassist eval --ranker VERSION [--sessions LOG]` before promoting)")
     print(f"promote it with: shopassist models promote ranker {result.version}")
     return 0
 
