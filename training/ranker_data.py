@@ -121,7 +121,10 @@ def built_with(config: RankerConfig) -> dict[str, Any]:
                                              "max_weight", "fractions")}
 
 
-def _history_keys(frame: pd.DataFrame, scope: str) -> pd.Series:
+def history_keys(frame: pd.DataFrame, scope: str) -> pd.Series:
+    """Whose history each impression belongs to: the user (``scope`` ``user``; the
+    conversation when the log has no user id) or the conversation (a query without one
+    is its own)."""
     conversation = frame["conversation_id"].fillna("query:" + frame["query_id"])
     if scope == "user" and "user_id" in frame:
         return frame["user_id"].fillna(conversation)
@@ -166,7 +169,7 @@ def build_ranker_data(frame: pd.DataFrame, view: IndexView, config: RankerConfig
                    for s in slots if f"score_{s}" in frame}
     clicked = frame["clicked"].to_numpy(dtype=bool)
     carted = (frame["added_to_cart"] | frame["purchased"]).to_numpy(dtype=bool)
-    keys = _history_keys(frame, config.history).to_numpy()
+    keys = history_keys(frame, config.history).to_numpy()
     texts = frame["query_text"].to_numpy(dtype=object)
     images = frame["has_image"].to_numpy(dtype=bool)
     filters = frame["filters"].to_numpy(dtype=object)

@@ -33,6 +33,7 @@ from retrieval.ranker_features import (
 from retrieval.search import SearchEngine
 from training.batched_search import BatchedSearch
 from training.photos import shopper_photo
+from training.ranker_data import history_keys
 from training.ranker_eval import grouped_ndcg
 from training.ranker_recovery import expected_gains, hidden_utility
 from training.shoppers import CatalogStats
@@ -102,9 +103,7 @@ def replay(engine: SearchEngine, frame: pd.DataFrame, truth: SimulationTruth, *,
     qids = frame["query_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
     ends = np.r_[starts[1:], len(frame)]
-    conversation = frame["conversation_id"].fillna("query:" + frame["query_id"])
-    keys = (frame["user_id"].fillna(conversation) if history == "user" else conversation
-            ).to_numpy()
+    keys = history_keys(frame, history).to_numpy()
     row_of = engine.row_of
     shown_rows = frame["product_id"].map(row_of).to_numpy()
     clicked = frame["clicked"].to_numpy(dtype=bool)

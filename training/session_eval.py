@@ -34,6 +34,7 @@ import pandas as pd
 
 from retrieval.search import QueryPlan, SearchEngine, SearchHit
 from training.batched_search import BatchedSearch
+from training.ranker_data import history_keys
 from training.ranker_recovery import expected_gains, hidden_utility
 from training.ranker_replay import query_photo
 from training.shoppers import CatalogStats
@@ -52,13 +53,6 @@ class SessionReport:
     systems: dict[str, dict[str, float]]
     queries: int
     kinds: dict[str, int]
-
-
-def _history_keys(frame: pd.DataFrame, history: str) -> np.ndarray:
-    conversation = frame["conversation_id"].fillna("query:" + frame["query_id"])
-    if history == "user" and "user_id" in frame:
-        return frame["user_id"].fillna(conversation).to_numpy()
-    return conversation.to_numpy()
 
 
 def _serve(system: SearchEngine, plan: QueryPlan, k: int,
@@ -106,7 +100,7 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
                          "saved by the `shopassist simulate` run that wrote this log.")
     if max_queries is not None:
         known = known[:max_queries]
-    keys = _history_keys(frame, history)
+    keys = history_keys(frame, history).to_numpy()
     sessions: dict[Any, list[dict[str, Any]]] = {}
     searcher = BatchedSearch(reference)
     names = list(systems)
