@@ -168,8 +168,7 @@ class SearchEngine:
             self.fused = fusion.fuse({k: v.astype(np.float32) for k, v in self.vectors.items()},
                                      len(self.products))
 
-    def variant(self, *, fusion: Any = None, ranker: Reranker | None = None,
-                keep_ranker: bool = False) -> SearchEngine:
+    def variant(self, *, fusion: Any = None, ranker: Reranker | None = None) -> SearchEngine:
         """This engine with another fusion and/or ranker, sharing its products, vectors,
         encoders and store: what evaluations compare. The ANN index holds this version's
         fused vectors, so a variant scores every allowed product exactly.
@@ -178,11 +177,10 @@ class SearchEngine:
             fusion: A fusion (``fuse(slots, n)``: a :class:`~retrieval.fusion_head.
                 LearnedFusion` or the training-free :class:`WeightedConcatFusion`); ``None``
                 keeps this engine's.
-            ranker: The variant's ranker (``None``: similarity order, unless
-                ``keep_ranker``).
+            ranker: The variant's ranker (``None``: similarity order).
         """
         other = copy.copy(self)  # shares products, vectors, encoders, store, caches
-        other.ranker = self.ranker if keep_ranker else ranker
+        other.ranker = ranker
         if fusion is not None:
             other._use_fusion(fusion)
         other.exact_only = True
@@ -371,20 +369,31 @@ class SearchEngine:
         t0 = time.perf_counter()
         plan = self.understand(image, text, filters, parse_text=parse_text, relax=relax,
                                timings=timings)
-        t2 = time.perf_counter()
-        reranking = rerank and self.ranker is not None and bool(plan.query)
-        wanted = max(k, self.ranker.candidates) if reranking and self.ranker else k
-        hits, exact = self.rank(plan.query, plan.filters, plan.boosts, wanted,
-                                set(exclude_ids))
-        timings["search"] = _ms(t2)
-        if reranking:
-            t3 = time.perf_counter()
-            hits = self.rerank(hits, plan.facts(), session)[:k]
-            timings["rerank"] = _ms(t3)
+        hits, exact = self.serve(plan, k, exclude_ids=exclude_ids, session=session,
+                                 rerank=rerank, timings=timings)
         timings["total"] = _ms(t0)
         return SearchResult(hits=hits, filters=plan.filters, parsed=plan.parsed,
                             relaxed=plan.relaxed, index_version=self.version,
                             timings_ms=timings, exact=exact)
+
+    def serve(self, plan: QueryPlan, k: int, *, exclude_ids: Sequence[str] = (),
+              session: Sequence[Mapping[str, Any]] = (), rerank: bool = True,
+              timings: dict[str, float] | None = None) -> tuple[list[SearchHit], bool]:
+        """The top ``k`` for an understood query: ranked by similarity, then re-ordered
+        by the promoted ranker (its candidates, with the shopper's ``session``) unless
+        ``rerank`` is off. Returns the hits and whether they were scored exactly."""
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        reranking = rerank and self.ranker is not None and bool(plan.query)
+        wanted = max(k, self.ranker.candidates) if reranking and self.ranker else k
+        hits, exact = self.rank(plan.query, plan.filters, plan.boosts, wanted,
+                                set(exclude_ids))
+        timings["search"] = _ms(t0)
+        if reranking:
+            t1 = time.perf_counter()
+            hits = self.rerank(hits, plan.facts(), session)[:k]
+            timings["rerank"] = _ms(t1)
+        return hits, exact
 
     def understand(self, image: ImageSource | None = None, text: str | None = None,
                    filters: Filters | None = None, *, parse_text: bool = True,

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrieval.search import QueryPlan, SearchEngine, SearchHit
+from retrieval.search import SearchEngine
 from training.batched_search import BatchedSearch
 from training.ranker_data import history_keys
 from training.ranker_recovery import expected_gains, hidden_utility
@@ -53,17 +53,6 @@ class SessionReport:
     systems: dict[str, dict[str, float]]
     queries: int
     kinds: dict[str, int]
-
-
-def _serve(system: SearchEngine, plan: QueryPlan, k: int,
-           session: list[dict[str, Any]]) -> list[SearchHit]:
-    ranker = system.ranker
-    reranking = ranker is not None and bool(plan.query)
-    wanted = max(k, ranker.candidates) if reranking and ranker else k
-    hits, _ = system.rank(plan.query, plan.filters, plan.boosts, wanted, set(), exact=True)
-    if reranking:
-        hits = system.rerank(hits, plan.facts(), session)
-    return hits[:k]
 
 
 def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngine],
@@ -134,7 +123,7 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
             plan = searcher.shadow.understand(photo, text)
             tops = {}
             for name in names:
-                hits = _serve(systems[name], plan, K, earlier)
+                hits, _ = systems[name].serve(plan, K, session=earlier)
                 tops[name] = np.array([reference.row_of[h.product.product_id] for h in hits],
                                       dtype=np.int64)
             pool = np.unique(np.concatenate(list(tops.values())))
