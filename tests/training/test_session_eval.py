@@ -175,3 +175,21 @@ def test_eval_without_a_fusion_head_compares_the_ranker_alone(sim_engine, simula
         results["systems"]["untrained fusion"]["text_product"]["n"] > 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "no fusion head" in report and "- training:" not in report
+
+
+def test_replay_gives_back_the_logged_lists(sim_engine, simulated_shuffled):
+    """The benchmark's replay (and the sessions evaluation) search again with each logged
+    query's words and its photo regenerated from the truth: the engine must give back the
+    very products it showed, so the candidates judged are the ones the shopper saw."""
+    from training.ranker_replay import replay
+
+    url, truth = simulated_shuffled
+    with EventLog.open(url, create=False) as log:
+        frame = impressions_table(log)
+    slots = tuple(c["slot"] for c in sim_engine.manifest["slots"])
+    replayed = replay(sim_engine, frame, truth, slots=slots, buckets=64, k=20)
+    assert replayed.queries == len(set(frame["query_id"]) & set(truth.queries))
+    assert replayed.matched >= 0.95 * replayed.queries, (replayed.matched, replayed.queries)
+    assert len(replayed.rows) == len(replayed.dense) == len(replayed.group)
+    assert np.isfinite(replayed.hidden["u"].to_numpy()).all()
+    assert ((replayed.gains["purchased"] >= 0) & (replayed.gains["purchased"] <= 1)).all()
