@@ -43,7 +43,7 @@ from training.fusion_data import TEST, TRAIN, VALID, FusionData, build_fusion_da
 from training.fusion_encode import IndexView, QueryEncoder
 from training.fusion_eval import HeadFusion, choose_base_share, evaluate, monitor_value
 from training.fusion_objective import FusionObjective
-from training.loop import agree_on_stop, close_epoch
+from training.loop import agree_on_stop, close_epoch, finish_step
 from training.registry import HISTORY, ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -247,21 +247,8 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
             batch = to_torch(batches.get(epoch, step), dev)
             with accelerator.autocast():
                 loss, parts = model(batch)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            if main:
-                record = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()),
-                          "lr": scheduler.get_last_lr()[0],
-                          **{k: float(v) for k, v in parts.items()}}
-                history["steps"].append(record)
-                for k in ("loss", *parts):
-                    sums[k] = sums.get(k, 0.0) + record[k]
-                bar.update(1)  # type: ignore[union-attr]
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=epoch + 1)
+            finish_step(accelerator, loss, parts, optimizer, scheduler, state, epoch=epoch,
+                        main=main, history=history, sums=sums, bar=bar)
         epoch += 1
         state["epoch"] = epoch
         state["train_seconds"] = time.perf_counter() - train_started

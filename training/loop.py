@@ -1,4 +1,4 @@
-"""The end of a training epoch, shared by the fusion head and the ranker.
+"""The end of a training step and of an epoch, shared by the fusion head and the ranker.
 
 Both loops keep the same run state (``epoch``, ``step``, ``best``, ``best_epoch``,
 ``bad_epochs``, ``train_seconds``, ``history``), checkpoint after every epoch and stop
@@ -18,6 +18,30 @@ import torch
 from training.fusion_checkpoint import save_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+def finish_step(accelerator: Any, loss: torch.Tensor, parts: Mapping[str, torch.Tensor],
+                optimizer: Any, scheduler: Any, state: dict[str, Any], *, epoch: int,
+                main: bool, history: dict[str, list[dict[str, Any]]],
+                sums: dict[str, float], bar: Any) -> None:
+    """Back-propagates ``loss`` and steps the optimiser and schedule; on the main process
+    records the step (loss, its ``parts``, learning rate) in ``history``, adds it to the
+    epoch's ``sums`` and advances the progress ``bar``."""
+    accelerator.backward(loss)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state["step"] += 1
+    if not main:
+        return
+    record = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()),
+              "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}}
+    history["steps"].append(record)
+    for k in ("loss", *parts):
+        sums[k] = sums.get(k, 0.0) + record[k]
+    bar.update(1)
+    if hasattr(bar, "set_postfix"):
+        bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch + 1)
 
 
 def close_epoch(state: dict[str, Any], *, value: float, metrics: Mapping[str, Any],

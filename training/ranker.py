@@ -38,7 +38,7 @@ from training.fusion_checkpoint import (
     save_checkpoint,
 )
 from training.fusion_encode import IndexView
-from training.loop import agree_on_stop, close_epoch
+from training.loop import agree_on_stop, close_epoch, finish_step
 from training.ranker_config import RankerConfig
 from training.ranker_data import (
     TEST,
@@ -246,21 +246,8 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
             loss, parts = ranker_losses(out, batch["click"], batch["convert"],
                                         batch["log_dwell"], batch["ipw"], lambdas[:3],
                                         batch["group"], lambdas[3])
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            if main:
-                record = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()),
-                          "lr": scheduler.get_last_lr()[0],
-                          **{k: float(v) for k, v in parts.items()}}
-                history["steps"].append(record)
-                for k in ("loss", *parts):
-                    sums[k] = sums.get(k, 0.0) + record[k]
-                bar.update(1)  # type: ignore[union-attr]
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch + 1)
+            finish_step(accelerator, loss, parts, optimizer, scheduler, state, epoch=epoch,
+                        main=main, history=history, sums=sums, bar=bar)
         epoch += 1
         state["epoch"] = epoch
         state["train_seconds"] = time.perf_counter() - train_started
