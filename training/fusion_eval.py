@@ -30,6 +30,8 @@ from training.fusion_data import FusionData
 from training.fusion_queries import matches
 
 K = 10
+# Raw photo cosine from which two catalog photos count as the same photo.
+NEAR_IDENTICAL = 0.95
 # (query slots, candidate rows, fused top-N rows (n, N), their fused scores (n, N), the
 # product slots this query kind may see) -> re-ordered rows (n, >=K)
 Reranker = Callable[[Mapping[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
@@ -133,7 +135,8 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
 
     Returns:
         Per kind: ``R@1``, ``R@5``, ``R@10``, ``P@10``, ``MRR``, ``NDCG@10`` and ``n``;
-        ``photo_larger`` for the photos made from larger photos; ``by_category``.
+        ``photo_larger`` for the photos made from larger photos; ``photo_misses`` (what
+        the photo queries' wrong first results are, :func:`photo_misses`); ``by_category``.
     """
     out: dict[str, Any] = {}
     rows = np.flatnonzero(data.split == split)
@@ -179,10 +182,46 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
             hits = top == target[:, None]
             n_rel = np.ones(len(sel), dtype=int)
             out["photo"] = {**binary_report(hits, n_rel, ks=(1, 5, 10)), "n": len(sel)}
+            out["photo_misses"] = photo_misses(data, top, target)
             larger = data.photo_larger[sel]
             if larger.any():
                 out["photo_larger"] = {**binary_report(hits[larger], n_rel[larger],
                                                        ks=(1, 5, 10)), "n": int(larger.sum())}
+    return out
+
+
+def photo_misses(data: FusionData, top: np.ndarray, target: np.ndarray,
+                 near: float = NEAR_IDENTICAL) -> dict[str, float]:
+    """What the photo queries whose first result is wrong got instead.
+
+    Args:
+        data: The pairs (for the products' categories and raw photo vectors).
+        top: Ranked product rows per photo query, ``(n, >=1)``.
+        target: The photographed product's row per query.
+        near: Raw photo cosine (first image slot) from which two products' catalog photos
+            count as near-identical.
+
+    Returns:
+        ``misses`` (count), ``n``, and over the misses: ``in top 10`` (the product is
+        still on the first page), ``same category`` (the first result is a sibling of the
+        same category) and ``near-identical photo`` (its catalog photo is, to the raw
+        features, the same photo: no fusion of these features can tell them apart).
+    """
+    miss = np.flatnonzero(top[:, 0] != target)
+    out: dict[str, float] = {"misses": float(len(miss)), "n": float(len(top))}
+    if not len(miss):
+        return out
+    first, want = top[miss, 0], target[miss]
+    out["in top 10"] = float((top[miss, :K] == want[:, None]).any(axis=1).mean())
+    if "category" in data.codes.names:
+        cat = data.codes.names.index("category")
+        a, b = data.codes.codes[first, cat], data.codes.codes[want, cat]
+        out["same category"] = float(((a == b) & (a >= 0)).mean())
+    if data.image_slots:
+        vectors = data.products[data.image_slots[0]]
+        x = l2_normalise(vectors[first].astype(np.float32))
+        y = l2_normalise(vectors[want].astype(np.float32))
+        out["near-identical photo"] = float((np.einsum("nd,nd->n", x, y) >= near).mean())
     return out
 
 

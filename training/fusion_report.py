@@ -26,7 +26,7 @@ from retrieval.refuse import training_free_fusion
 from training.fusion_config import FusionConfig
 from training.fusion_data import SPLIT_NAMES, FusionData, build_fusion_data
 from training.fusion_encode import IndexView, QueryEncoder
-from training.fusion_eval import FuseFn, Reranker, RidgeMap, evaluate
+from training.fusion_eval import NEAR_IDENTICAL, FuseFn, Reranker, RidgeMap, evaluate
 from training.registry import HISTORY
 
 logger = logging.getLogger(__name__)
@@ -255,6 +255,25 @@ def _table(results: Mapping[str, Mapping[str, Any]], kind: str) -> list[str]:
     return [*lines, ""]
 
 
+def _misses_table(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    rows = [(name, r["photo_misses"]) for name, r in results.items()
+            if r.get("photo_misses", {}).get("misses")]
+    if not rows:
+        return []
+    columns = ("in top 10", "same category", "near-identical photo")
+    lines = ["### Photo → same product: the misses", "",
+             "Queries whose first result is another product, and what that product is: "
+             "a sibling of the same category, or one whose catalog photo the raw image "
+             f"features cannot tell from the right one (cosine ≥ {NEAR_IDENTICAL:g}).", "",
+             "| system | misses | " + " | ".join(columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for name, m in rows:
+        cells = [f"{m[c]:.0%}" if c in m else "-" for c in columns]
+        lines.append(f"| {name} | {int(m['misses'])} of {int(m['n'])} | "
+                     + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def write_report(results: EvalResults, out: str | Path) -> Path:
     """Writes ``report.md``, ``results.json`` and the PNG plots into ``out``."""
     out = Path(out)
@@ -276,6 +295,7 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
     lines += [f"- written {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for kind in KINDS:
         lines += _table(results.systems, kind)
+    lines += _misses_table(results.systems)
     if results.sessions:
         lines += _session_table(results.sessions)
     for name, path in plots.items():

@@ -133,6 +133,12 @@ def test_eval_writes_a_report_with_plots(models, small_index, capsys, tmp_path):
         "NDCG@10"]
     report = (out_dir / "report.md").read_text()
     assert "NDCG@10" in report and "R@1" in report
+    misses = systems["untrained fusion"]["photo_misses"]
+    photo = systems["untrained fusion"]["photo"]
+    assert misses["n"] == photo["n"]
+    assert misses["misses"] == round(photo["n"] * (1 - photo["R@1"]))
+    if misses["misses"]:
+        assert "the misses" in report and f"{int(misses['misses'])} of" in report
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
     assert pngs, "the report has plots"
     for png in out_dir.glob("*.png"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from training.fusion_checkpoint import CheckpointError
 from training.fusion_config import FusionConfig, load_fusion_config
 from training.fusion_data import TRAIN, VALID, build_fusion_data, product_split
 from training.fusion_encode import IndexView, QueryEncoder
-from training.fusion_eval import evaluate
+from training.fusion_eval import evaluate, photo_misses
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,25 @@ def test_config_from_toml_env_and_errors(tmp_path):
         FusionConfig(monitor="loss")
     with pytest.raises(ValueError, match=r"not a int|not a valid int"):
         load_fusion_config(None, environ={"SHOPASSIST_FUSION_EPOCHS": "many"})
+
+
+def test_photo_misses_says_what_the_wrong_first_results_are():
+    # Products 0-3: 0 and 1 are shirts with the same photo, 2 a shirt, 3 an uncategorised
+    # product; the raw photo vectors are unit vectors (0 and 1 identical).
+    photos = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    data = SimpleNamespace(
+        codes=SimpleNamespace(names=["gender", "category"],
+                              codes=np.array([[0, 0], [0, 0], [1, 0], [0, -1]])),
+        image_slots=["image"], products={"image": photos})
+    target = np.array([0, 0, 2, 3, 2])
+    top = np.array([[0, 1, 2],   # hit
+                    [1, 0, 2],   # miss: same category, same photo, product in top 10
+                    [0, 1, 3],   # miss: same category, another photo, product not shown
+                    [2, 3, 0],   # miss: the product's category is unknown
+                    [2, 0, 1]])  # hit
+    misses = photo_misses(data, top, target)
+    assert misses["misses"] == 3 and misses["n"] == 5
+    assert misses["in top 10"] == pytest.approx(2 / 3)
+    assert misses["same category"] == pytest.approx(2 / 3)
+    assert misses["near-identical photo"] == pytest.approx(1 / 3)
+    assert photo_misses(data, top[[0, 4]], target[[0, 4]]) == {"misses": 0.0, "n": 2.0}
