@@ -92,7 +92,7 @@ def build_queries(engine: SearchEngine, n: int, seed: int, limit: int
         slots = engine.encode_query(engine.prepare_image(photo), None)
         queries.append({"kind": "photo", "id": pid, "slots": slots,
                         "vector": engine.fusion.fuse({s: v[None] for s, v in slots.items()},
-                                                     1)[0]})
+                                                     1, query=True)[0]})
     rng = np.random.default_rng(seed + 1)
     rows = rng.choice(limit, size=min(n, limit), replace=False)
     for row in rows:
@@ -103,7 +103,7 @@ def build_queries(engine: SearchEngine, n: int, seed: int, limit: int
         slots = engine.encode_query(None, text)
         queries.append({"kind": "text", "id": p.product_id, "text": text, "slots": slots,
                         "vector": engine.fusion.fuse({s: v[None] for s, v in slots.items()},
-                                                     1)[0]})
+                                                     1, query=True)[0]})
     for q in queries:
         p = engine.product(q["id"])
         colour = str(p.attributes.get("colour", ""))

@@ -491,7 +491,7 @@ def run_baseline(engine: Any, matrix: np.ndarray, q: dict[str, Any], result: Any
     image = engine.prepare_image(q["image"]) if q.get("image") is not None else None
     text = result.parsed.text if result.parsed is not None else q.get("text")
     slots = engine.encode_query(image, text)
-    fused = engine.fusion.fuse({s: v[None, :] for s, v in slots.items()}, 1)[0]
+    fused = engine.fusion.fuse({s: v[None, :] for s, v in slots.items()}, 1, query=True)[0]
     scores = matrix @ fused
     if not result.filters.is_empty():
         scores[~result.filters.mask(engine.table)] = -np.inf

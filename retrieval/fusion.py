@@ -29,8 +29,14 @@ class Fusion(Protocol):
     version: str
     dim: int
 
-    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
-        """Fused, L2-normalised ``(n, dim)`` float32 vectors; ``None`` slots are missing."""
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False
+             ) -> np.ndarray:
+        """Fused, L2-normalised ``(n, dim)`` float32 vectors; ``None`` slots are missing.
+
+        ``query``: the rows are shoppers' queries, not products. The training-free fusion
+        treats both alike; a learned head may not (its tag block carries only the tags a
+        query's words name, see :mod:`retrieval.fusion_head`).
+        """
         ...
 
     def to_dict(self) -> dict[str, object]:
@@ -60,7 +66,8 @@ class WeightedConcatFusion:
         weights = ",".join(f"{s.name}={s.weight:g}" for s in slots)
         self.version = f"concat-v1[{weights}]"
 
-    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False
+             ) -> np.ndarray:
         unknown = set(slots) - {s.name for s in self.slots}
         if unknown:
             raise ValueError(f"Unknown slot(s) {sorted(unknown)}; fusion slots are "

@@ -13,6 +13,22 @@ the learned space: ``[sqrt(1 - s) * learned, sqrt(s) * weighted]``, whose cosine
 is chosen on the validation split after training; a text query against a product without
 text still ranks by the learned space alone (the training-free part of that pair is zero).
 
+A head may also read products' **tags** (attribute values: colour, category, gender...)
+from their slots: a small classifier per group of slots (the photo's, the words') gives,
+per tag, value logits and how surely that group speaks to the tag at all. Groups combine
+as a product of experts (``L = sum_g named_g * logits_g``), and the output gains a tag
+block, blended like the training-free part with a share ``t`` (``tag_share``) chosen on the
+validation split: the output's cosine is ``(1 - t) * [the blend above] + t * tag score``.
+Queries and products differ here (``fuse(..., query=True)``): a query's block carries only
+what its words name (``query_tag_groups``), so photo search is never swayed by a misread
+colour, and with ``tag_scoring = "log"`` a query-product pair scores the product's
+log-probability of the values the words ask for (naive-Bayes style; a filler column keeps
+every product's block at the same norm, so the cosine ranks by it fairly). A tag the words
+leave open adds nothing. This is what lets attribute words reach a product that has only a
+photo: a classifier trained with cross-entropy reads colour, category and gender from
+EfficientNet features better than a contrastive space of the same features ranks them,
+and it lets words match products' own words attribute by attribute.
+
 Artifacts are a folder with ``head.safetensors`` and ``head.json`` (architecture, slot
 names and dims, the weights' sha256, training config and metrics). Loading checks the
 hash and the shapes: a corrupted or mismatched artifact is refused with a clear error.
@@ -38,6 +54,8 @@ from retrieval.encoders.base import l2_normalise
 
 WEIGHTS = "head.safetensors"
 CONFIG = "head.json"
+TAG_SCORINGS = ("sqrt", "log")
+TAG_EPS = 1e-4  # the least probability a "log" tag block tells apart
 FORMAT = 1
 
 
@@ -65,6 +83,12 @@ class HeadConfig:
     dropout: float = 0.1
     base_weights: tuple[float, ...] = ()
     base_share: float = 0.0
+    tags: tuple[tuple[str, int], ...] = ()
+    tag_groups: tuple[tuple[str, ...], ...] = ()
+    tag_hidden: int = 512
+    tag_share: float = 0.0
+    query_tag_groups: tuple[tuple[str, ...], ...] = ()
+    tag_scoring: str = "log"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.base_share < 1.0:
@@ -72,16 +96,43 @@ class HeadConfig:
         if self.base_share and len(self.base_weights) != len(self.slots):
             raise ValueError(f"base_weights needs one weight per slot ({len(self.slots)}), "
                              f"got {len(self.base_weights)}.")
+        if not 0.0 <= self.tag_share < 1.0:
+            raise ValueError(f"tag_share is in [0, 1) (got {self.tag_share}).")
+        if bool(self.tags) != bool(self.tag_groups) or (self.tag_share and not self.tags):
+            raise ValueError("tags and tag_groups go together (both empty: no tag block), "
+                             "and tag_share needs tags.")
+        names = {n for n, _ in self.slots}
+        unknown = sorted({s for g in self.tag_groups for s in g} - names)
+        if unknown:
+            raise ValueError(f"tag_groups name slots the head does not take: {unknown}.")
+        if any(g not in self.tag_groups for g in self.query_tag_groups):
+            raise ValueError(f"query_tag_groups {self.query_tag_groups} must be among "
+                             f"tag_groups {self.tag_groups}.")
+        if self.tag_scoring not in TAG_SCORINGS:
+            raise ValueError(f"tag_scoring is one of {TAG_SCORINGS} (got {self.tag_scoring!r}).")
+        if any(k < 2 for _, k in self.tags):
+            raise ValueError(f"every tag needs at least two values (got {self.tags}).")
+
+    @property
+    def tag_width(self) -> int:
+        """Width of the tag block: one column per value of every tag (and one more per
+        tag that keeps a product's block at a fixed norm when scoring by log-probability)."""
+        return sum(k + (self.tag_scoring == "log") for _, k in self.tags)
 
     @property
     def out_dim(self) -> int:
-        """Width of the fused vectors: the shared space, plus the slots when blended."""
-        return self.dim + (sum(d for _, d in self.slots) if self.base_share else 0)
+        """Width of the fused vectors: the shared space, plus the slots when blended,
+        plus the tag block when blended."""
+        return (self.dim + (sum(d for _, d in self.slots) if self.base_share else 0)
+                + (self.tag_width if self.tag_share else 0))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["slots"] = [list(s) for s in self.slots]
         out["base_weights"] = list(self.base_weights)
+        out["tags"] = [list(t) for t in self.tags]
+        out["tag_groups"] = [list(g) for g in self.tag_groups]
+        out["query_tag_groups"] = [list(g) for g in self.query_tag_groups]
         return out
 
     @classmethod
@@ -90,7 +141,57 @@ class HeadConfig:
                    dim=int(data["dim"]), hidden=int(data["hidden"]),
                    dropout=float(data.get("dropout", 0.0)),
                    base_weights=tuple(float(w) for w in data.get("base_weights", ())),
-                   base_share=float(data.get("base_share", 0.0)))
+                   base_share=float(data.get("base_share", 0.0)),
+                   tags=tuple((str(n), int(k)) for n, k in data.get("tags", ())),
+                   tag_groups=tuple(tuple(str(s) for s in g)
+                                    for g in data.get("tag_groups", ())),
+                   tag_hidden=int(data.get("tag_hidden", 512)),
+                   tag_share=float(data.get("tag_share", 0.0)),
+                   query_tag_groups=tuple(tuple(str(s) for s in g)
+                                          for g in data.get("query_tag_groups", ())),
+                   tag_scoring=str(data.get("tag_scoring", "log")))
+
+
+@dataclass
+class TagOutputs:
+    """What a head reads about the tags of a batch of inputs.
+
+    Attributes:
+        logits: Per tag, the groups' combined value logits ``(n, k)``.
+        named: ``(n, n_tags)``: how surely any present group speaks to each tag.
+        groups: Per present group: its value logits ``(n, sum k)``, its "names the tag"
+            logits ``(n, n_tags)`` and which rows have it ``(n,)`` (for training).
+    """
+
+    logits: list[torch.Tensor]
+    named: torch.Tensor
+    groups: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+    def block(self, scoring: str = "sqrt", query: bool = False) -> torch.Tensor:
+        """The rows' tag block, over ``sqrt(n_tags)``.
+
+        ``sqrt``: ``named * sqrt(p)`` per tag for queries and products alike (a pair scores
+        the Bhattacharyya agreement of their distributions). ``log``: a product holds
+        ``named * log(max(p, eps)) / (sqrt(k) |log eps|)`` and a filler column that brings
+        each tag to norm ``named``; a query holds ``named * p * sqrt(k)`` and a zero filler,
+        so a pair scores ``sum_v p_query(v) log p_product(v) / |log eps|`` per tag: the
+        product's log-probability of what the words ask, as in a naive-Bayes match.
+        """
+        parts = []
+        for i, logit in enumerate(self.logits):
+            named = self.named[:, i:i + 1]
+            p = torch.softmax(logit.float(), dim=1)
+            if scoring == "sqrt":
+                parts.append(named * p.sqrt())
+                continue
+            scale = math.sqrt(p.shape[1])
+            if query:
+                parts += [named * p * scale, named.new_zeros((len(p), 1))]
+            else:
+                u = torch.log(p.clamp_min(TAG_EPS)) / (scale * -math.log(TAG_EPS))
+                filler = (1.0 - (u * u).sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
+                parts += [named * u, named * filler]
+        return torch.cat(parts, dim=1) / math.sqrt(len(self.logits))
 
 
 class FusionHead(nn.Module):
@@ -106,10 +207,19 @@ class FusionHead(nn.Module):
         # log-gates: how much each slot counts in the sum (learned, start equal)
         self.gate = nn.Parameter(torch.zeros(len(config.slots)))
         self.names = [name for name, _ in config.slots]
+        dims = dict(config.slots)
+        self.taggers = nn.ModuleDict({
+            group_key(group): nn.Sequential(
+                nn.Linear(sum(dims[s] for s in group), config.tag_hidden), nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.tag_hidden, sum(k for _, k in config.tags) + len(config.tags)))
+            for group in config.tag_groups})
 
-    def forward(self, slots: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
-        """Fused, L2-normalised ``(n, dim)``; a slot missing (``None`` or all-zero rows)
-        does not contribute."""
+    def forward(self, slots: Mapping[str, torch.Tensor | None], query: bool = False
+                ) -> torch.Tensor:
+        """Fused ``(n, out_dim)``, unit length when every part is; a slot missing
+        (``None`` or all-zero rows) does not contribute. ``query``: the rows are queries,
+        whose tag block holds only what ``query_tag_groups`` (their words) name."""
         total: torch.Tensor | None = None
         gates = torch.exp(self.gate)
         for i, name in enumerate(self.names):
@@ -123,26 +233,95 @@ class FusionHead(nn.Module):
             raise ValueError(f"No input slot given; the head takes {self.names}.")
         learned = nn.functional.normalize(total, dim=1)
         share = self.config.base_share
-        if not share:
-            return learned
-        parts = []
-        for (name, dim), weight in zip(self.config.slots, self.config.base_weights,
-                                       strict=True):
-            x = slots.get(name)
-            parts.append(learned.new_zeros((len(learned), dim)) if x is None
-                         else math.sqrt(weight) * x.to(learned.dtype))
-        base = nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
-        return torch.cat([math.sqrt(1.0 - share) * learned, math.sqrt(share) * base], dim=1)
+        out = learned
+        if share:
+            parts = []
+            for (name, dim), weight in zip(self.config.slots, self.config.base_weights,
+                                           strict=True):
+                x = slots.get(name)
+                parts.append(learned.new_zeros((len(learned), dim)) if x is None
+                             else math.sqrt(weight) * x.to(learned.dtype))
+            base = nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
+            out = torch.cat([math.sqrt(1.0 - share) * learned, math.sqrt(share) * base], dim=1)
+        tag_share = self.config.tag_share
+        if tag_share:
+            block = self.tag_block(slots, query).to(out.dtype)
+            out = torch.cat([math.sqrt(1.0 - tag_share) * out, math.sqrt(tag_share) * block],
+                            dim=1)
+        return out
 
-    def with_base_share(self, share: float, weights: Sequence[float] | None = None
-                        ) -> FusionHead:
-        """The same trained weights with another share of the training-free fusion."""
+    def tag_block(self, slots: Mapping[str, torch.Tensor | None], query: bool = False
+                  ) -> torch.Tensor:
+        """The tag block of products (every group) or of queries (``query_tag_groups``
+        only: a shopper's photo brings no tags of its own, so photo search is not swayed by
+        a misread colour, while the words' "red" meets the products' photos)."""
+        groups = self.config.query_tag_groups if query and self.config.query_tag_groups \
+            else None
+        if groups is not None and not any(slots.get(s) is not None
+                                          for g in groups for s in g):
+            ref = next(x for x in slots.values() if x is not None)
+            return ref.new_zeros((len(ref), self.config.tag_width))
+        return self.read_tags(slots, groups).block(self.config.tag_scoring, query)
+
+    def read_tags(self, slots: Mapping[str, torch.Tensor | None],
+                  groups: Sequence[Sequence[str]] | None = None) -> TagOutputs:
+        """The tags' value logits and "named" confidences from the groups present.
+
+        A group is present in a row when any of its slots is (missing slots read as zeros).
+        Groups combine as experts: their value logits, each weighted by how surely that
+        group names the tag, are summed; a tag is named when any group names it.
+
+        Raises:
+            ValueError: The head reads no tags, or no group has a slot in ``slots``.
+        """
+        if not self.config.tags:
+            raise ValueError("This head reads no tags (trained without them).")
+        dims = dict(self.config.slots)
+        sizes = [k for _, k in self.config.tags]
+        n_tags = len(sizes)
+        combined: torch.Tensor | None = None
+        unnamed: torch.Tensor | None = None
+        read = {}
+        for group in (self.config.tag_groups if groups is None else groups):
+            group = tuple(group)
+            given = [slots.get(s) for s in group]
+            if all(x is None for x in given):
+                continue
+            rows = next(len(x) for x in given if x is not None)
+            ref = next(x for x in given if x is not None)
+            xs = [ref.new_zeros((rows, dims[s])) if x is None else x
+                  for s, x in zip(group, given, strict=True)]
+            present = torch.stack([(x.abs().sum(dim=1) > 0) for x in xs]).any(dim=0)
+            out = self.taggers[group_key(group)](torch.cat(xs, dim=1))
+            values, named_logit = out[:, :-n_tags], out[:, -n_tags:]
+            named = torch.sigmoid(named_logit) * present[:, None].to(out.dtype)
+            weights = torch.repeat_interleave(named, torch.tensor(sizes, device=out.device),
+                                              dim=1)
+            part = weights * values
+            combined = part if combined is None else combined + part
+            unnamed = 1.0 - named if unnamed is None else unnamed * (1.0 - named)
+            read[group_key(group)] = (values, named_logit, present)
+        if combined is None or unnamed is None:
+            raise ValueError(f"No slot of the tag groups {self.config.tag_groups} given.")
+        return TagOutputs(list(torch.split(combined, sizes, dim=1)), 1.0 - unnamed, read)
+
+    def with_base_share(self, share: float, weights: Sequence[float] | None = None, *,
+                        tag_share: float | None = None) -> FusionHead:
+        """The same trained weights with another share of the training-free fusion (and,
+        when given, of the tag block)."""
         config = replace(self.config, base_share=float(share),
                          base_weights=tuple(weights) if weights is not None
-                         else self.config.base_weights)
+                         else self.config.base_weights,
+                         tag_share=self.config.tag_share if tag_share is None
+                         else float(tag_share))
         head = FusionHead(config)
         head.load_state_dict(self.state_dict())
         return head.train(self.training)
+
+
+def group_key(group: Sequence[str]) -> str:
+    """The module name of a tag group's classifier ("image+colour")."""
+    return "+".join(group)
 
 
 def save_head(head: FusionHead, folder: str | Path, extra: Mapping[str, Any] | None = None
@@ -242,14 +421,14 @@ class LearnedFusion:
                                 f"has {list(slots)}; train a head for this index's profile.")
 
     @torch.inference_mode()
-    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, batch: int = 8192
-             ) -> np.ndarray:
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False,
+             batch: int = 8192) -> np.ndarray:
         out = []
         for start in range(0, n, batch):
             part = {name: torch.from_numpy(np.ascontiguousarray(
                         v[start:start + batch], dtype=np.float32))
                     for name, v in slots.items() if v is not None}
-            out.append(self.head(part).numpy())
+            out.append(self.head(part, query=query).numpy())
         return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def to_dict(self) -> dict[str, object]:

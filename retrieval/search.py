@@ -463,8 +463,8 @@ class SearchEngine:
             return [], True
         exact = exact or self.exact_only or not query or (
             mask is not None and allowed <= EXACT_MAX_ROWS)
-        fused_query = (self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
-                       if query else None)
+        fused_query = (self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1,
+                                        query=True)[0] if query else None)
         if exact:
             rows = np.flatnonzero(mask) if mask is not None else np.arange(len(self.products))
         else:
@@ -497,7 +497,8 @@ class SearchEngine:
         """Per-slot cosines and the score search ranks by (fused similarity plus the soft
         boosts) of products ``rows`` for an encoded, non-empty query."""
         if fused_query is None:
-            fused_query = self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1)[0]
+            fused_query = self.fusion.fuse({s: v[None, :] for s, v in query.items()}, 1,
+                                           query=True)[0]
         if self.exact_only:
             # A variant scores (nearly) the whole catalog per query: from float32 copies of
             # the vectors, all rows at once, rather than converting the rows every time.

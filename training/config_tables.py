@@ -28,6 +28,10 @@ def coerce(value: Any, hint: Any, name: str, where: str) -> Any:
     """
     if typing.get_origin(hint) is tuple:
         items = value.split(",") if isinstance(value, str) else value
+        if typing.get_args(hint)[:1] == (str,):
+            if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+                raise ValueError(f"{name} = {value!r} in {where} is not a list of names.")
+            return tuple(v.strip() for v in items if v.strip())
         try:
             return tuple(float(v) for v in items)
         except (TypeError, ValueError):

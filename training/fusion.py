@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from retrieval.config import Settings, load_settings
-from retrieval.fusion_head import FusionHead, HeadConfig, save_head
+from retrieval.fusion_head import FusionHead, HeadConfig, group_key, save_head
 from retrieval.progress import progress
 from retrieval.refuse import training_free_fusion
 from training.fusion_batches import FusionBatches, to_torch
@@ -41,7 +41,14 @@ from training.fusion_checkpoint import (
 from training.fusion_config import FusionConfig
 from training.fusion_data import TEST, TRAIN, VALID, FusionData, build_fusion_data
 from training.fusion_encode import IndexView, QueryEncoder
-from training.fusion_eval import HeadFusion, choose_base_share, evaluate, monitor_value
+from training.fusion_eval import (
+    HeadFusion,
+    choose_base_share,
+    choose_tag_share,
+    evaluate,
+    monitor_value,
+    tag_accuracy,
+)
 from training.fusion_objective import FusionObjective
 from training.loop import agree_on_stop, close_epoch, finish_step
 from training.registry import HISTORY, ModelRegistry
@@ -49,7 +56,8 @@ from training.registry import HISTORY, ModelRegistry
 logger = logging.getLogger(__name__)
 
 # Config fields a resumed run may change (they do not alter what is computed per step).
-RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares"}
+RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares",
+                     "tag_shares"}
 
 
 @dataclass
@@ -102,20 +110,33 @@ def new_head(data: FusionData, config: FusionConfig) -> FusionHead:
     inference.
     """
     torch.manual_seed(config.seed)
-    head = FusionHead(HeadConfig(slots=tuple((s.name, s.dim) for s in data.slots),
-                                 dim=config.dim, hidden=config.hidden,
-                                 dropout=config.dropout))
+    cols = data.tag_columns(config.tags) if config.w_tags > 0 else []
+    groups = [g for g in (data.image_slots, data.text_slots) if g] if cols else []
+    head = FusionHead(HeadConfig(
+        slots=tuple((s.name, s.dim) for s in data.slots), dim=config.dim,
+        hidden=config.hidden, dropout=config.dropout,
+        tags=tuple((data.codes.names[c], len(data.codes.values[c])) for c in cols),
+        tag_groups=tuple(tuple(g) for g in groups), tag_hidden=config.tag_hidden,
+        query_tag_groups=tuple(tuple(g) for g in groups if g == data.text_slots)))
     rows = np.flatnonzero(data.split == TRAIN)
+    stats = {}
     with torch.no_grad():
         for name, _dim in head.config.slots:
             x = data.products[name][rows].astype(np.float32)
             mean = torch.from_numpy(x.mean(axis=0))
             std = torch.from_numpy(x.std(axis=0))
-            std = std.clamp_min(max(float(std.median()) * 0.1, 1e-6))
-            first = head.proj[name][0]
-            first.weight.div_(std[None, :])
-            first.bias.sub_(first.weight @ mean)
+            stats[name] = (mean, std.clamp_min(max(float(std.median()) * 0.1, 1e-6)))
+            standardise(head.proj[name][0], *stats[name])
+        for group in head.config.tag_groups:
+            mean, std = (torch.cat(v) for v in zip(*(stats[s] for s in group), strict=True))
+            standardise(head.taggers[group_key(group)][0], mean, std)
     return head
+
+
+def standardise(first: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Folds ``(x - mean) / std`` into a linear layer (``W / s``, ``b - W mu / s``)."""
+    first.weight.div_(std[None, :])
+    first.bias.sub_(first.weight @ mean)
 
 
 def make_optimizer(objective: FusionObjective, config: FusionConfig, total_steps: int
@@ -284,12 +305,18 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     share, tried = choose_base_share(head, data, config.base_shares, VALID)
     head = head.with_base_share(share).eval()
     logger.info("blending %.2f of the training-free fusion (validation: %s)", share, tried)
+    tag_share, tag_tried = choose_tag_share(head, data, config.tag_shares, VALID)
+    head = head.with_base_share(share, tag_share=tag_share).eval()
+    if head.config.tags:
+        logger.info("blending %.2f of the tag block (validation: %s)", tag_share, tag_tried)
     test = evaluate(HeadFusion(head), data, TEST)
     valid = next((e["valid"] for e in history["epochs"] if e["epoch"] == state["best_epoch"]),
                  {})
     metrics = {"valid": valid, "test": test, "best_epoch": state["best_epoch"],
                "monitor": config.monitor, "best": state["best"],
-               "base_share": {"chosen": share, "valid": tried}}
+               "base_share": {"chosen": share, "valid": tried},
+               "tag_share": {"chosen": tag_share, "valid": tag_tried},
+               "tags": tag_accuracy(head, data, TEST)}
     training = {"seconds": round(state["train_seconds"], 1),
                 "data_seconds": round(data_seconds, 1), "epochs": epoch,
                 "steps": state["step"], "stopped": stopped,
@@ -302,7 +329,9 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
             "config": config.to_dict(), "data_snapshot": data.snapshot, "metrics": metrics,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index": data.info["index"], "data": data.info, "training": training,
-            "calibration": unwrapped.calibration()})
+            "calibration": unwrapped.calibration(),
+            "tag_values": {name: list(data.codes.values[data.codes.names.index(name)])
+                           for name, _k in head.config.tags}})
         import json
 
         (folder / HISTORY).write_text(json.dumps(history) + "\n")

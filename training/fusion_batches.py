@@ -37,6 +37,7 @@ class FusionBatches:
         self.data, self.config, self.rank, self.world = data, config, rank, world
         counts = np.diff(data.train_offsets)
         self.rows = np.flatnonzero((data.split == TRAIN) & (counts > 0))
+        self.tags = data.tag_columns(config.tags) if config.w_tags > 0 else []
         self.local = max(2, config.batch_size // world)
         self.photo_local = config.photo_batch // world
         self.photos = np.flatnonzero(data.photo_split == TRAIN)
@@ -105,6 +106,9 @@ class FusionBatches:
             "doc_pos": (d.doc_group[rows][:, None] == d.doc_group[rows][None, :])
             & drop[None, :],
         }
+        if self.tags:  # attribute codes of every input (-1: unknown / not named)
+            batch |= {"prod_tags": d.codes.codes[rows][:, self.tags].astype(np.int64),
+                      "attr_tags": d.text_codes[qids][:, self.tags].astype(np.int64)}
         photos = self._cycle(self.photos, epoch, step, self.photo_local, 2)
         if len(photos):
             prow = d.photo_rows[photos]
@@ -125,6 +129,7 @@ class FusionBatches:
                 "photo_neg": self._slots(np.maximum(neg, 0), pdrop),
                 "photo_neg_ok": neg >= 0,
             }
+
         logged = self._cycle(self.logged, epoch, step, self.logged_local, 4)
         if len(logged) and d.logged is not None:
             lrows = d.logged.rows[logged]

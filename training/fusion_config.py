@@ -22,6 +22,7 @@ from training.config_tables import (
     check_precision,
     load_section,
 )
+from training.fusion_queries import QUERY_ATTRIBUTES
 
 ENV_PREFIX = "SHOPASSIST_FUSION_"
 MONITORS = ("mean", "text_photo_ndcg", "photo_r1")
@@ -77,6 +78,14 @@ class FusionConfig:
             (see :mod:`retrieval.fusion_head`) tried on the validation split after
             training; the one with the best photo R@1 + text -> product NDCG@10 is kept.
             ``[0.0]`` keeps the learned space alone.
+        tags: Catalog attributes the head learns to read from products' slots (their
+            photo alone, or their words) and blends in as a tag-agreement block; empty:
+            none. Attributes the catalog lacks are skipped.
+        tag_hidden: Width of each slot group's tag classifier.
+        w_tags: Weight of the tags' cross-entropy (values) and BCE (named or not).
+        tag_shares: Shares of the tag block in the output's cosine tried on the validation
+            split after the base share is chosen; the best text -> photo + text -> product
+            NDCG@10 + photo R@1 is kept. ``[0.0]``: trained but not blended.
     """
 
     seed: int = 0
@@ -114,6 +123,10 @@ class FusionConfig:
     dataset: str = ""
     mixed_precision: str = "auto"
     base_shares: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+    tags: tuple[str, ...] = ("category", "colour", "gender", "subcategory", "usage", "season")
+    tag_hidden: int = 1024
+    w_tags: float = 1.0
+    tag_shares: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
@@ -129,6 +142,15 @@ class FusionConfig:
             raise ValueError(f"base_shares are one or more shares in [0, 1) (got "
                              f"{self.base_shares}).")
         check_fractions(self.fractions)
+        if not self.tag_shares or not all(0.0 <= v < 1.0 for v in self.tag_shares):
+            raise ValueError(f"tag_shares are one or more shares in [0, 1) (got "
+                             f"{self.tag_shares}).")
+        unknown = [t for t in self.tags if t not in QUERY_ATTRIBUTES]
+        if unknown:
+            raise ValueError(f"Unknown tags {unknown}; a head can read "
+                             f"{', '.join(QUERY_ATTRIBUTES)}.")
+        if self.tag_hidden < 1 or self.w_tags < 0:
+            raise ValueError("tag_hidden must be positive and w_tags at least 0.")
 
     def replace(self, **changes: Any) -> FusionConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
@@ -138,6 +160,8 @@ class FusionConfig:
         out = dataclasses.asdict(self)
         out["fractions"] = list(self.fractions)
         out["base_shares"] = list(self.base_shares)
+        out["tags"] = list(self.tags)
+        out["tag_shares"] = list(self.tag_shares)
         return out
 
     @classmethod

@@ -119,6 +119,20 @@ class FusionData:
     def photo_split(self) -> np.ndarray:
         return self.split[self.photo_rows]
 
+    def tag_columns(self, names: Sequence[str]) -> list[int]:
+        """The attribute columns of ``names`` that this catalog fills with two or more
+        values (the tags a head can learn here), in the order given.
+
+        Raises:
+            ValueError: A name that is not a query attribute.
+        """
+        unknown = [n for n in names if n not in self.codes.names]
+        if unknown:
+            raise ValueError(f"Unknown tags {unknown}; a head can read "
+                             f"{', '.join(self.codes.names)}.")
+        cols = [self.codes.names.index(n) for n in names]
+        return [c for c in cols if len(self.codes.values[c]) >= 2]
+
     def document_queries(self) -> dict[str, str]:
         """Query slot -> the stored product slot that holds the same encoding of the
         product's words (a text slot with the same encoder)."""

@@ -39,7 +39,8 @@ Reranker = Callable[[Mapping[str, np.ndarray], np.ndarray, np.ndarray, np.ndarra
 
 
 class FuseFn(Protocol):
-    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray: ...
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False
+             ) -> np.ndarray: ...
 
 
 class HeadFusion:
@@ -50,7 +51,8 @@ class HeadFusion:
         self.head, self.device, self.batch = head, torch.device(device), batch
 
     @torch.no_grad()
-    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False
+             ) -> np.ndarray:
         was = self.head.training
         self.head.eval()
         try:
@@ -59,7 +61,7 @@ class HeadFusion:
                 part = {k: torch.from_numpy(np.ascontiguousarray(v[s:s + self.batch],
                                                                  dtype=np.float32))
                         .to(self.device) for k, v in slots.items() if v is not None}
-                out.append(self.head(part).float().cpu().numpy())
+                out.append(self.head(part, query=query).float().cpu().numpy())
             return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
         finally:
             self.head.train(was)
@@ -90,7 +92,8 @@ class RidgeMap:
         self.weights = np.linalg.solve(gram, x.T @ y)
         return self
 
-    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int) -> np.ndarray:
+    def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False
+             ) -> np.ndarray:
         if self.weights is None:
             raise ValueError("Fit the ridge map first (RidgeMap.fit).")
         if all(slots.get(s) is not None for s in self.image_slots):
@@ -145,7 +148,7 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
 
     def ranked(q: Mapping[str, np.ndarray], items: np.ndarray, candidates: np.ndarray,
                visible: Sequence[str]) -> np.ndarray:
-        fused_q = system.fuse(q, len(next(iter(q.values()))))
+        fused_q = system.fuse(q, len(next(iter(q.values()))), query=True)
         depth = 100 if rerank is not None else K
         top = rank_in_chunks(fused_q, items, min(depth, len(items)))
         if rerank is not None:
@@ -260,3 +263,64 @@ def choose_base_share(head: torch.nn.Module, data: FusionData, shares: Sequence[
         if sum(figures.values()) > best_value + 1e-9:
             best, best_value = float(share), sum(figures.values())
     return best, tried
+
+
+def choose_tag_share(head: torch.nn.Module, data: FusionData, shares: Sequence[float],
+                     split: int) -> tuple[float, dict[str, dict[str, float]]]:
+    """The share of the tag block to blend into a trained head's output (after its base
+    share is chosen): the best text -> photo + text -> product NDCG@10 + photo R@1 on
+    ``split``. A head without tags keeps 0.
+
+    Returns:
+        The chosen share and, per share tried, its three figures.
+    """
+    if not head.config.tags:
+        return 0.0, {}
+    tried: dict[str, dict[str, float]] = {}
+    best, best_value = 0.0, -np.inf
+    for share in shares:
+        blended = head.with_base_share(head.config.base_share, tag_share=share)
+        metrics = evaluate(HeadFusion(blended), data, split)
+        figures = {"text_photo NDCG@10": float(metrics.get("text_photo", {})
+                                               .get("NDCG@10", 0.0)),
+                   "text_product NDCG@10": float(metrics.get("text_product", {})
+                                                 .get("NDCG@10", 0.0)),
+                   "photo R@1": float(metrics.get("photo", {}).get("R@1", 0.0))}
+        tried[f"{share:g}"] = figures
+        if sum(figures.values()) > best_value + 1e-9:
+            best, best_value = float(share), sum(figures.values())
+    return best, tried
+
+
+@torch.no_grad()
+def tag_accuracy(head: torch.nn.Module, data: FusionData, split: int,
+                 batch: int = 8192) -> dict[str, dict[str, float]]:
+    """How often the head reads each tag right on ``split``'s products, from their photo
+    alone and from their words alone (top-1 accuracy over products with the attribute).
+    """
+    if not head.config.tags:
+        return {}
+    was = head.training
+    head.eval()
+    rows = np.flatnonzero(data.split == split)
+    cols = [data.codes.names.index(name) for name, _k in head.config.tags]
+    truth = data.codes.codes[rows][:, cols]
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for label, keep in (("photo", data.image_slots), ("words", data.text_slots)):
+            if not keep:
+                continue
+            guesses = []
+            for s in range(0, len(rows), batch):
+                part = {k: torch.from_numpy(data.products[k][rows[s:s + batch]]
+                                            .astype(np.float32)) for k in keep}
+                read = head.read_tags(part)
+                guesses.append(torch.stack([x.argmax(dim=1) for x in read.logits], 1).numpy())
+            guess = np.concatenate(guesses) if guesses else np.zeros_like(truth)
+            for i, (name, _k) in enumerate(head.config.tags):
+                ok = truth[:, i] >= 0
+                out.setdefault(name, {})[label] = float((guess[ok, i] == truth[ok, i]).mean()) \
+                    if ok.any() else float("nan")
+    finally:
+        head.train(was)
+    return out

@@ -14,9 +14,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from retrieval.fusion_head import FusionHead
+from retrieval.fusion_head import FusionHead, TagOutputs
 from training.fusion_config import FusionConfig
 from training.losses import hardest_negatives, info_nce, match_bce
+
+
+def tag_loss(out: TagOutputs, codes: torch.Tensor, spoken: bool = False) -> torch.Tensor:
+    """Cross-entropy of the combined value logits on every known tag, plus each present
+    group's BCE on whether it names the tag.
+
+    Args:
+        out: What the head read (:meth:`retrieval.fusion_head.FusionHead.read_tags`).
+        codes: ``(n, n_tags)`` value codes, ``-1`` where unknown.
+        spoken: The inputs are a shopper's words: ``-1`` means the words leave the tag open
+            (a "not named" target) rather than unknown (no target).
+    """
+    terms = []
+    for i, logit in enumerate(out.logits):
+        ok = codes[:, i] >= 0
+        if bool(ok.any()):
+            terms.append(nn.functional.cross_entropy(logit[ok].float(), codes[ok, i]))
+    named = (codes >= 0).float()
+    known = torch.ones_like(codes, dtype=torch.bool) if spoken else codes >= 0
+    for _values, named_logit, present in out.groups.values():
+        mask = present[:, None] & known
+        if bool(mask.any()):
+            terms.append(nn.functional.binary_cross_entropy_with_logits(
+                named_logit[mask].float(), named[mask]))
+    if not terms:
+        return out.named.sum() * 0.0
+    return torch.stack(terms).mean()
 
 
 class FusionObjective(nn.Module):
@@ -69,6 +96,15 @@ class FusionObjective(nn.Module):
                 sibling = self.head({k: v[ok] for k, v in batch["photo_neg"].items()})
                 cos.append((photo[ok] * sibling).sum(dim=1))
                 labels.append(torch.zeros_like(cos[-1]))
+        if "prod_tags" in batch and c.w_tags > 0:
+            tagged = [tag_loss(self.head.read_tags(batch["prod"]), batch["prod_tags"]),
+                      tag_loss(self.head.read_tags(batch["attr_q"]), batch["attr_tags"],
+                               spoken=True)]
+            if batch["doc_q"]:
+                tagged.append(tag_loss(self.head.read_tags(batch["doc_q"]),
+                                       batch["prod_tags"]))
+            parts["tags"] = torch.stack(tagged).mean()
+            loss = loss + c.w_tags * parts["tags"]
         parts["match"] = match_bce(torch.cat(cos), torch.cat(labels), self.match_scale,
                                    self.match_bias)
         loss = loss + c.w_match * parts["match"]

@@ -296,6 +296,7 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
     for kind in KINDS:
         lines += _table(results.systems, kind)
     lines += _misses_table(results.systems)
+    lines += _tags_table(meta)
     if results.sessions:
         lines += _session_table(results.sessions)
     for name, path in plots.items():
@@ -327,6 +328,25 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
                                              "metrics", "training")}},
         indent=2, default=str) + "\n")
     return report
+
+
+def _tags_table(meta: Mapping[str, Any]) -> list[str]:
+    """The head's tag reading (top-1 accuracy on the test split) and the blend chosen."""
+    metrics = meta.get("metrics", {})
+    tags = metrics.get("tags") or {}
+    if not tags:
+        return []
+    arch = meta.get("architecture", {})
+    lines = ["### What the head reads from a product's photo or words", "",
+             f"Blend chosen on the validation split: {arch.get('base_share', 0):g} of the "
+             f"training-free cosine, {arch.get('tag_share', 0):g} of the tag agreement.", "",
+             "| tag | values | from the photo | from the words |", "|---|---:|---:|---:|"]
+    sizes = dict((str(n), int(k)) for n, k in arch.get("tags", []))
+    for name, read in tags.items():
+        cells = [f"{read[k]:.3f}" if isinstance(read.get(k), float) else "–"
+                 for k in ("photo", "words")]
+        lines.append(f"| {name} | {sizes.get(name, '?')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _session_table(sessions: Mapping[str, Any]) -> list[str]:

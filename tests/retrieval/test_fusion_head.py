@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -138,3 +139,107 @@ def test_a_catalog_update_keeps_the_head(tmp_path, settings, clip_profile, catal
     engine = SearchEngine.open(settings=settings, profile=clip_profile)
     assert engine.fused.shape == (37, 8)
     np.testing.assert_allclose(np.linalg.norm(engine.fused, axis=1), 1.0, atol=1e-5)
+
+
+def _tagged_head(tag_share=0.0, seed=0, scoring="sqrt") -> FusionHead:
+    """Slot "a" (a photo) and "b" (words); tags colour (3 values) and gender (2)."""
+    torch.manual_seed(seed)
+    head = FusionHead(HeadConfig(slots=(("a", 5), ("b", 3)), dim=8, hidden=16, dropout=0.0,
+                                 tags=(("colour", 3), ("gender", 2)),
+                                 tag_groups=(("a",), ("b",)), tag_hidden=16,
+                                 tag_share=tag_share, tag_scoring=scoring))
+    with torch.no_grad():  # the photo always names both tags; the words name colour only
+        head.taggers["a"][-1].bias[-2:] = 30.0
+        head.taggers["b"][-1].bias[-2:] = torch.tensor([30.0, -30.0])
+    return head.eval()
+
+
+def test_tag_block_is_the_agreement_of_tag_distributions():
+    head = _tagged_head()
+    photo = {"a": torch.randn(6, 5)}
+    words = {"b": torch.randn(2, 3)}
+    both = {"a": photo["a"][:2], "b": words["b"]}
+    p, w, pw = head.read_tags(photo), head.read_tags(words), head.read_tags(both)
+    # Every product with a photo has a block of norm 1 (each tag named, sqrt of a
+    # distribution has unit norm, over sqrt(n_tags)): the cosine ranks by it fairly.
+    torch.testing.assert_close(p.block().norm(dim=1), torch.ones(6))
+    # Words that leave gender open add nothing there: their gender columns are zero.
+    assert w.block()[:, 3:].abs().max() < 1e-6
+    torch.testing.assert_close(w.named[:, 0], torch.ones(2))
+    # Words . photo = (sqrt(p_words(colour)) . sqrt(p_photo(colour))) / n_tags.
+    agreement = w.block() @ p.block().T
+    colour = lambda out: torch.softmax(out.logits[0], 1).sqrt()  # noqa: E731
+    torch.testing.assert_close(agreement, colour(w) @ colour(p).T / 2)
+    # Photo and words together: their colour logits add (product of experts); gender is
+    # the photo's alone.
+    torch.testing.assert_close(pw.logits[0], p.logits[0][:2] + w.logits[0])
+    torch.testing.assert_close(pw.logits[1], p.logits[1][:2])
+
+
+def test_tag_share_blends_the_tag_agreement_into_the_cosine(tmp_path):
+    head = _tagged_head()
+    weights = (1.0, 1.0)
+    inner = head.with_base_share(0.5, weights).eval()
+    blended = head.with_base_share(0.5, weights, tag_share=0.3).eval()
+    assert blended.config.out_dim == 8 + 5 + 3 + 5
+    items = {"a": torch.randn(5, 5)}
+    q = {"b": torch.randn(3, 3)}
+    tags = head.read_tags(q).block() @ head.read_tags(items).block().T
+    expected = 0.7 * inner(q) @ inner(items).T + 0.3 * tags
+    torch.testing.assert_close(blended(q) @ blended(items).T, expected)
+    # As queries, rows carry only the tags of query_tag_groups (the words): a photo query's
+    # cosine is the inner blend's alone (scaled), words meet the products' photos' tags.
+    asked = HeadConfig.from_dict({**blended.config.to_dict(), "query_tag_groups": [["b"]]})
+    asking = FusionHead(asked)
+    asking.load_state_dict(blended.state_dict())
+    asking.eval()
+    photo_q = {"a": torch.randn(2, 5)}
+    torch.testing.assert_close(asking(photo_q, query=True) @ asking(items).T,
+                               0.7 * inner(photo_q) @ inner(items).T)
+    both_q = {"a": photo_q["a"], "b": q["b"][:2]}
+    words_tags = head.read_tags({"b": q["b"][:2]}).block() @ head.read_tags(items).block().T
+    torch.testing.assert_close(asking(both_q, query=True) @ asking(items).T,
+                               0.7 * inner(both_q) @ inner(items).T + 0.3 * words_tags)
+    loaded, meta = load_head(save_head(asking, tmp_path / "asking"))
+    assert meta["architecture"]["query_tag_groups"] == [["b"]]
+    torch.testing.assert_close(loaded(both_q, query=True), asking(both_q, query=True))
+    loaded, meta = load_head(save_head(blended, tmp_path / "head"))
+    assert meta["architecture"]["tag_share"] == 0.3
+    assert meta["architecture"]["tags"] == [["colour", 3], ["gender", 2]]
+    torch.testing.assert_close(loaded(items), blended(items))
+
+
+def test_tag_settings_are_checked():
+    with pytest.raises(ValueError, match="tag_share needs tags"):
+        HeadConfig(slots=(("a", 5),), tag_share=0.2)
+    with pytest.raises(ValueError, match="does not take"):
+        HeadConfig(slots=(("a", 5),), tags=(("colour", 3),), tag_groups=(("z",),))
+    with pytest.raises(ValueError, match="must be among"):
+        HeadConfig(slots=(("a", 5),), tags=(("colour", 3),), tag_groups=(("a",),),
+                   query_tag_groups=(("b",),))
+    with pytest.raises(ValueError, match="reads no tags"):
+        _head([("a", 5)]).read_tags({"a": torch.randn(2, 5)})
+    with pytest.raises(ValueError, match="No slot of the tag groups"):
+        _tagged_head().read_tags({"c": torch.randn(2, 4)})
+
+
+def test_log_tag_block_scores_the_products_log_probability_of_what_words_ask():
+    head = _tagged_head(tag_share=0.4, scoring="log")
+    items = {"a": torch.randn(6, 5)}
+    words = {"b": torch.randn(3, 3)}
+    # Products: a filler column per tag keeps every block at norm 1 (a fair cosine).
+    product_block = head.tag_block(items)
+    assert head.config.tag_width == (3 + 1) + (2 + 1) == product_block.shape[1]
+    torch.testing.assert_close(product_block.norm(dim=1), torch.ones(6))
+    # Query . product = sum over named tags of sum_v p_words(v) log p_photo(v) / |log eps|,
+    # over n_tags (the words here name colour only).
+    p_words = torch.softmax(head.read_tags(words).logits[0], 1)
+    log_p = torch.log(torch.softmax(head.read_tags(items).logits[0], 1).clamp_min(1e-4))
+    expected = p_words @ log_p.T / (2 * -math.log(1e-4))
+    torch.testing.assert_close(head.tag_block(words, query=True) @ product_block.T, expected)
+    # A product whose photo puts more probability on the asked colour ranks higher.
+    asked = p_words.argmax(1)
+    scores = head.tag_block(words, query=True) @ product_block.T
+    for q in range(3):
+        if p_words[q].max() > 0.999:
+            assert torch.equal(scores[q].argsort(), log_p[:, asked[q]].argsort())

@@ -59,7 +59,7 @@ def tiny_config(**changes) -> FusionConfig:
                         texts_per_product=3, photos_per_larger=1, catalog_photos=1000,
                         eval_catalog_photos=1000, photos_dir="/nonexistent",
                         eval_queries=50, eval_min_relevant=2, fractions=(0.6, 0.2, 0.2),
-                        max_minutes=5.0, text_drop=0.5, monitor="mean")
+                        max_minutes=5.0, text_drop=0.5, monitor="mean", tag_hidden=128)
     return base.replace(**changes)
 
 

@@ -139,6 +139,7 @@ def test_eval_writes_a_report_with_plots(models, small_index, capsys, tmp_path):
     assert misses["misses"] == round(photo["n"] * (1 - photo["R@1"]))
     if misses["misses"]:
         assert "the misses" in report and f"{int(misses['misses'])} of" in report
+    assert "What the head reads" in report and "| colour | 3 |" in report
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
     assert pngs, "the report has plots"
     for png in out_dir.glob("*.png"):

@@ -69,6 +69,26 @@ def test_artifact_records_config_snapshot_metrics(trained):
     assert [n for n, _ in head.config.slots] == ["clip_image", "clip_text", "text"]
 
 
+def test_head_learns_to_read_tags_and_blends_them(trained):
+    head, meta = load_head(trained.artifact)
+    # The synthetic catalog fills category, colour and gender (the other tags are empty).
+    assert [n for n, _ in head.config.tags] == ["category", "colour", "gender"]
+    assert meta["tag_values"]["colour"] == ["Blue", "Green", "Red"]
+    assert head.config.tag_groups == (("clip_image",), ("clip_text", "text"))
+    assert head.config.query_tag_groups == (("clip_text", "text"),)  # a query's words
+    read = meta["metrics"]["tags"]  # test split, top-1 accuracy
+    assert read["colour"]["photo"] > 0.6, read  # the photo shows it: chance is 1/3
+    # The words "Tshirts, Red, Men" through tiny random text encoders: well above chance.
+    assert read["colour"]["words"] > 0.6 and read["category"]["words"] > 0.9, read
+    chosen = meta["metrics"]["tag_share"]["chosen"]
+    assert chosen in tiny_config().tag_shares and head.config.tag_share == chosen
+    assert set(meta["metrics"]["tag_share"]["valid"]) == \
+        {f"{s:g}" for s in tiny_config().tag_shares}
+    assert head.config.out_dim == head.config.dim + (
+        sum(d for _, d in head.config.slots) if head.config.base_share else 0) + (
+        (3 + 1) + (3 + 1) + (2 + 1) if chosen else 0)  # values + a filler per tag
+
+
 def test_resume_continues_exactly(small_index, cache, tmp_path):
     config = tiny_config(epochs=3)
     whole = train_fusion(small_index.index_dir, config, tmp_path / "a", device="cpu",
@@ -153,6 +173,19 @@ def test_config_from_toml_env_and_errors(tmp_path):
         FusionConfig(monitor="loss")
     with pytest.raises(ValueError, match=r"not a int|not a valid int"):
         load_fusion_config(None, environ={"SHOPASSIST_FUSION_EPOCHS": "many"})
+    # Tags are names: a TOML list or a comma-separated variable; empty turns them off.
+    path.write_text("[train.fusion]\ntags = ['colour', 'gender']\n")
+    assert load_fusion_config(path, environ={}).tags == ("colour", "gender")
+    assert load_fusion_config(None, environ={"SHOPASSIST_FUSION_TAGS": "colour, usage"}
+                              ).tags == ("colour", "usage")
+    assert load_fusion_config(None, environ={"SHOPASSIST_FUSION_TAGS": ""}).tags == ()
+    path.write_text("[train.fusion]\ntags = [1, 2]\n")
+    with pytest.raises(ValueError, match="not a list of names"):
+        load_fusion_config(path, environ={})
+    with pytest.raises(ValueError, match="Unknown tags"):
+        FusionConfig(tags=("colour", "fabric"))
+    with pytest.raises(ValueError, match="tag_shares"):
+        FusionConfig(tag_shares=(1.5,))
 
 
 def test_photo_misses_says_what_the_wrong_first_results_are():

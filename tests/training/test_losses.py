@@ -100,3 +100,31 @@ def test_bad_arguments_say_what_to_pass():
         info_nce(torch.eye(2), torch.eye(3)[:, :2])
     with pytest.raises(ValueError, match="same shape"):
         multi_positive_nce(torch.zeros(2, 3), torch.zeros(2, 2, dtype=torch.bool))
+
+
+def test_tag_loss_by_hand():
+    from retrieval.fusion_head import TagOutputs
+    from training.fusion_objective import tag_loss
+
+    # Two inputs, two tags (2 and 3 values), one group that names tag 0 surely (logit 0 ->
+    # p 0.5 for tag 1: sigmoid(0)).
+    logits = [torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]]),
+              torch.tensor([[0.0, 0.0, 0.0], [math.log(2.0), 0.0, 0.0]])]
+    named_logit = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    present = torch.tensor([True, True])
+    out = TagOutputs(logits, torch.sigmoid(named_logit), {"g": (None, named_logit, present)})
+    codes = torch.tensor([[1, -1], [0, 0]])
+    # CE: tag 0 over rows 0, 1: (-log 3/4 - log 1/2) / 2; tag 1 over row 1: -log 2/4.
+    ce0 = (-math.log(0.75) - math.log(0.5)) / 2
+    ce1 = -math.log(0.5)
+    # BCE of "named", where the code is known (3 entries, all targets 1, p = 0.5): log 2.
+    expected = (ce0 + ce1 + math.log(2.0)) / 3
+    assert tag_loss(out, codes).item() == pytest.approx(expected, abs=1e-6)
+    # A shopper's words: -1 means "left open", a target of 0, so BCE covers all 4 entries
+    # (still log 2 each at p = 0.5).
+    assert tag_loss(out, codes, spoken=True).item() == pytest.approx(expected, abs=1e-6)
+    # The named logits are what the BCE trains: confident and right costs ~nothing there.
+    sure = torch.tensor([[20.0, -20.0], [20.0, 20.0]])
+    out = TagOutputs(logits, torch.sigmoid(sure), {"g": (None, sure, present)})
+    assert tag_loss(out, codes, spoken=True).item() == pytest.approx((ce0 + ce1) / 3,
+                                                                     abs=1e-6)
