@@ -89,6 +89,12 @@ class HeadConfig:
     tag_share: float = 0.0
     query_tag_groups: tuple[tuple[str, ...], ...] = ()
     tag_scoring: str = "log"
+    memory: int = 0
+    memory_slots: tuple[str, ...] = ()
+    memory_k: int = 50
+    memory_tau: float = 0.05
+    memory_eps: float = 0.01
+    memory_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.base_share < 1.0:
@@ -110,6 +116,12 @@ class HeadConfig:
                              f"tag_groups {self.tag_groups}.")
         if self.tag_scoring not in TAG_SCORINGS:
             raise ValueError(f"tag_scoring is one of {TAG_SCORINGS} (got {self.tag_scoring!r}).")
+        if self.memory and (not self.tags or not self.memory_slots
+                            or not set(self.memory_slots) <= names):
+            raise ValueError("A tag memory needs tags and memory_slots among the head's slots.")
+        if self.memory_weight < 0 or self.memory_k < 1 or self.memory_tau <= 0:
+            raise ValueError("memory_weight must be at least 0, memory_k at least 1 and "
+                             "memory_tau positive.")
         if any(k < 2 for _, k in self.tags):
             raise ValueError(f"every tag needs at least two values (got {self.tags}).")
 
@@ -133,6 +145,7 @@ class HeadConfig:
         out["tags"] = [list(t) for t in self.tags]
         out["tag_groups"] = [list(g) for g in self.tag_groups]
         out["query_tag_groups"] = [list(g) for g in self.query_tag_groups]
+        out["memory_slots"] = list(self.memory_slots)
         return out
 
     @classmethod
@@ -149,7 +162,13 @@ class HeadConfig:
                    tag_share=float(data.get("tag_share", 0.0)),
                    query_tag_groups=tuple(tuple(str(s) for s in g)
                                           for g in data.get("query_tag_groups", ())),
-                   tag_scoring=str(data.get("tag_scoring", "log")))
+                   tag_scoring=str(data.get("tag_scoring", "log")),
+                   memory=int(data.get("memory", 0)),
+                   memory_slots=tuple(str(s) for s in data.get("memory_slots", ())),
+                   memory_k=int(data.get("memory_k", 50)),
+                   memory_tau=float(data.get("memory_tau", 0.05)),
+                   memory_eps=float(data.get("memory_eps", 0.01)),
+                   memory_weight=float(data.get("memory_weight", 0.0)))
 
 
 @dataclass
@@ -214,24 +233,19 @@ class FusionHead(nn.Module):
                 nn.Dropout(config.dropout),
                 nn.Linear(config.tag_hidden, sum(k for _, k in config.tags) + len(config.tags)))
             for group in config.tag_groups})
+        if config.memory:  # labelled products' photo embeddings and tag codes (see with_memory)
+            # float16 keys and int16 codes: 0.5 KB a product (18 MB for 35k)
+            self.register_buffer("memory_keys", torch.zeros(config.memory, config.dim,
+                                                            dtype=torch.float16))
+            self.register_buffer("memory_tags", torch.full((config.memory, len(config.tags)),
+                                                           -1, dtype=torch.int16))
 
     def forward(self, slots: Mapping[str, torch.Tensor | None], query: bool = False
                 ) -> torch.Tensor:
         """Fused ``(n, out_dim)``, unit length when every part is; a slot missing
         (``None`` or all-zero rows) does not contribute. ``query``: the rows are queries,
         whose tag block holds only what ``query_tag_groups`` (their words) name."""
-        total: torch.Tensor | None = None
-        gates = torch.exp(self.gate)
-        for i, name in enumerate(self.names):
-            x = slots.get(name)
-            if x is None:
-                continue
-            present = (x.abs().sum(dim=1, keepdim=True) > 0).to(x.dtype)
-            part = gates[i] * self.proj[name](x) * present
-            total = part if total is None else total + part
-        if total is None:
-            raise ValueError(f"No input slot given; the head takes {self.names}.")
-        learned = nn.functional.normalize(total, dim=1)
+        learned = self.learned(slots)
         share = self.config.base_share
         out = learned
         if share:
@@ -250,6 +264,63 @@ class FusionHead(nn.Module):
                             dim=1)
         return out
 
+    def learned(self, slots: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
+        """The shared space alone: the normalised, gated sum of the slots' projections."""
+        total: torch.Tensor | None = None
+        gates = torch.exp(self.gate)
+        for i, name in enumerate(self.names):
+            x = slots.get(name)
+            if x is None:
+                continue
+            present = (x.abs().sum(dim=1, keepdim=True) > 0).to(x.dtype)
+            part = gates[i] * self.proj[name](x) * present
+            total = part if total is None else total + part
+        if total is None:
+            raise ValueError(f"No input slot given; the head takes {self.names}.")
+        return nn.functional.normalize(total, dim=1)
+
+    def with_memory(self, keys: torch.Tensor, tags: torch.Tensor, weight: float, *,
+                    slots: Sequence[str], k: int = 50, tau: float = 0.05) -> FusionHead:
+        """This head with a tag memory: labelled products' embeddings (``keys``, the shared
+        space from ``slots`` alone) and their tag codes (``-1`` unknown). A product's tags
+        are then also voted by its ``k`` nearest neighbours in the memory (softmax of
+        cosine / ``tau``), blended into the classifier's as a product of experts with
+        ``weight`` (0: the memory is carried but unused)."""
+        config = replace(self.config, memory=len(keys), memory_slots=tuple(slots),
+                         memory_k=int(k), memory_tau=float(tau), memory_weight=float(weight))
+        head = FusionHead(config)
+        state = {k_: v for k_, v in self.state_dict().items() if not k_.startswith("memory_")}
+        head.load_state_dict({**state, "memory_keys": keys.half(),
+                              "memory_tags": tags.short()})
+        return head.train(self.training)
+
+    def memory_votes(self, slots: Mapping[str, torch.Tensor | None], chunk: int = 1024
+                     ) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+        """Per tag, the neighbours' vote ``(n, k)`` (weights summing to at most 1), and
+        which rows have the memory slots; ``None`` when there is no memory to ask."""
+        c = self.config
+        if not c.memory or not any(slots.get(s) is not None for s in c.memory_slots):
+            return None
+        ref = next(slots[s] for s in c.memory_slots if slots.get(s) is not None)
+        present = torch.stack([(slots[s].abs().sum(dim=1) > 0) for s in c.memory_slots
+                               if slots.get(s) is not None]).any(dim=0)
+        keys = self.memory_keys.to(ref.dtype)
+        sizes = [k for _, k in c.tags]
+        votes = [ref.new_zeros((len(ref), k)) for k in sizes]
+        k = min(c.memory_k, c.memory)
+        for start in range(0, len(ref), chunk):
+            part = {s: slots[s][start:start + chunk] for s in c.memory_slots
+                    if slots.get(s) is not None}
+            sims, idx = (self.learned(part) @ keys.T).topk(k, dim=1)
+            w = torch.softmax(sims / c.memory_tau, dim=1)
+            labels = self.memory_tags[idx].long()  # (rows, k, n_tags)
+            for t in range(len(sizes)):
+                lab = labels[:, :, t]
+                ok = lab >= 0
+                votes[t][start:start + chunk].scatter_add_(
+                    1, lab.clamp_min(0), w * ok.to(w.dtype))
+        return votes, present
+
     def tag_block(self, slots: Mapping[str, torch.Tensor | None], query: bool = False
                   ) -> torch.Tensor:
         """The tag block of products (every group) or of queries (``query_tag_groups``
@@ -261,7 +332,20 @@ class FusionHead(nn.Module):
                                           for g in groups for s in g):
             ref = next(x for x in slots.values() if x is not None)
             return ref.new_zeros((len(ref), self.config.tag_width))
-        return self.read_tags(slots, groups).block(self.config.tag_scoring, query)
+        read = self.read_tags(slots, groups) if query else self.product_tags(slots)
+        return read.block(self.config.tag_scoring, query)
+
+    def product_tags(self, slots: Mapping[str, torch.Tensor | None]) -> TagOutputs:
+        """A product's tags: every group's reading, and the memory's neighbours' vote as
+        one more expert (weighted by ``memory_weight``) where the product has a photo."""
+        read = self.read_tags(slots)
+        found = self.memory_votes(slots) if self.config.memory_weight else None
+        if found is not None:
+            votes, present = found
+            weight = self.config.memory_weight * present[:, None].to(votes[0].dtype)
+            read.logits = [logit + weight * torch.log(vote + self.config.memory_eps)
+                           for logit, vote in zip(read.logits, votes, strict=True)]
+        return read
 
     def read_tags(self, slots: Mapping[str, torch.Tensor | None],
                   groups: Sequence[Sequence[str]] | None = None) -> TagOutputs:
@@ -306,14 +390,17 @@ class FusionHead(nn.Module):
         return TagOutputs(list(torch.split(combined, sizes, dim=1)), 1.0 - unnamed, read)
 
     def with_base_share(self, share: float, weights: Sequence[float] | None = None, *,
-                        tag_share: float | None = None) -> FusionHead:
+                        tag_share: float | None = None, memory_weight: float | None = None
+                        ) -> FusionHead:
         """The same trained weights with another share of the training-free fusion (and,
-        when given, of the tag block)."""
+        when given, of the tag block, and another weight of the tag memory's vote)."""
         config = replace(self.config, base_share=float(share),
                          base_weights=tuple(weights) if weights is not None
                          else self.config.base_weights,
                          tag_share=self.config.tag_share if tag_share is None
-                         else float(tag_share))
+                         else float(tag_share),
+                         memory_weight=self.config.memory_weight if memory_weight is None
+                         else float(memory_weight))
         head = FusionHead(config)
         head.load_state_dict(self.state_dict())
         return head.train(self.training)

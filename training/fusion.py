@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 # Config fields a resumed run may change (they do not alter what is computed per step).
 RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares",
-                     "tag_shares"}
+                     "tag_shares", "memory_weights", "memory_k", "memory_tau"}
 
 
 @dataclass
@@ -131,6 +131,24 @@ def new_head(data: FusionData, config: FusionConfig) -> FusionHead:
             mean, std = (torch.cat(v) for v in zip(*(stats[s] for s in group), strict=True))
             standardise(head.taggers[group_key(group)][0], mean, std)
     return head
+
+
+@torch.no_grad()
+def with_tag_memory(head: FusionHead, data: FusionData, config: FusionConfig,
+                    batch: int = 8192) -> FusionHead:
+    """``head`` carrying a tag memory of the training products: their photos' embeddings
+    in the trained shared space and their tag codes (held-out products are never in it)."""
+    rows = np.flatnonzero(data.split == TRAIN)
+    cols = [data.codes.names.index(name) for name, _k in head.config.tags]
+    was = head.training
+    head.eval()
+    keys = torch.cat([head.learned({s: torch.from_numpy(
+        data.products[s][rows[i:i + batch]].astype(np.float32)) for s in data.image_slots})
+        for i in range(0, len(rows), batch)])
+    head.train(was)
+    tags = torch.from_numpy(data.codes.codes[rows][:, cols].astype(np.int64))
+    return head.with_memory(keys, tags, 0.0, slots=data.image_slots, k=config.memory_k,
+                            tau=config.memory_tau)
 
 
 def standardise(first: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -305,17 +323,23 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     share, tried = choose_base_share(head, data, config.base_shares, VALID)
     head = head.with_base_share(share).eval()
     logger.info("blending %.2f of the training-free fusion (validation: %s)", share, tried)
-    tag_share, tag_tried = choose_tag_share(head, data, config.tag_shares, VALID)
-    head = head.with_base_share(share, tag_share=tag_share).eval()
+    if head.config.tags and any(config.memory_weights):
+        head = with_tag_memory(head, data, config)
+    tag_share, memory_weight, tag_tried = choose_tag_share(
+        head, data, config.tag_shares, VALID, config.memory_weights)
+    head = head.with_base_share(share, tag_share=tag_share,
+                                memory_weight=memory_weight).eval()
     if head.config.tags:
-        logger.info("blending %.2f of the tag block (validation: %s)", tag_share, tag_tried)
+        logger.info("blending %.2f of the tag block, memory weight %.2f (validation: %s)",
+                    tag_share, memory_weight, tag_tried)
     test = evaluate(HeadFusion(head), data, TEST)
     valid = next((e["valid"] for e in history["epochs"] if e["epoch"] == state["best_epoch"]),
                  {})
     metrics = {"valid": valid, "test": test, "best_epoch": state["best_epoch"],
                "monitor": config.monitor, "best": state["best"],
                "base_share": {"chosen": share, "valid": tried},
-               "tag_share": {"chosen": tag_share, "valid": tag_tried},
+               "tag_share": {"chosen": tag_share, "memory_weight": memory_weight,
+                             "valid": tag_tried},
                "tags": tag_accuracy(head, data, TEST)}
     training = {"seconds": round(state["train_seconds"], 1),
                 "data_seconds": round(data_seconds, 1), "epochs": epoch,

@@ -85,7 +85,14 @@ class FusionConfig:
         w_tags: Weight of the tags' cross-entropy (values) and BCE (named or not).
         tag_shares: Shares of the tag block in the output's cosine tried on the validation
             split after the base share is chosen; the best text -> photo + text -> product
-            NDCG@10 + photo R@1 is kept. ``[0.0]``: trained but not blended.
+            NDCG@10 is kept (photo queries carry no tags). ``[0.0]``: trained but not
+            blended.
+        memory_weights: Weights of the tag memory's vote tried with each tag share: the
+            trained head embeds the training products' photos, and a product's tags are
+            also voted by its ``memory_k`` nearest neighbours among them (softmax of
+            cosine / ``memory_tau``). ``[0.0]``: no memory in the artifact.
+        memory_k: Neighbours that vote.
+        memory_tau: Softmax temperature of their votes.
     """
 
     seed: int = 0
@@ -126,7 +133,10 @@ class FusionConfig:
     tags: tuple[str, ...] = ("category", "colour", "gender", "subcategory", "usage", "season")
     tag_hidden: int = 1024
     w_tags: float = 1.0
-    tag_shares: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    tag_shares: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)
+    memory_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    memory_k: int = 50
+    memory_tau: float = 0.05
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
@@ -149,6 +159,10 @@ class FusionConfig:
         if unknown:
             raise ValueError(f"Unknown tags {unknown}; a head can read "
                              f"{', '.join(QUERY_ATTRIBUTES)}.")
+        if not self.memory_weights or any(w < 0 for w in self.memory_weights) \
+                or self.memory_k < 1 or self.memory_tau <= 0:
+            raise ValueError("memory_weights are one or more weights >= 0, memory_k at least "
+                             "1 and memory_tau positive.")
         if self.tag_hidden < 1 or self.w_tags < 0:
             raise ValueError("tag_hidden must be positive and w_tags at least 0.")
 
@@ -162,6 +176,7 @@ class FusionConfig:
         out["base_shares"] = list(self.base_shares)
         out["tags"] = list(self.tags)
         out["tag_shares"] = list(self.tag_shares)
+        out["memory_weights"] = list(self.memory_weights)
         return out
 
     @classmethod

@@ -266,30 +266,38 @@ def choose_base_share(head: torch.nn.Module, data: FusionData, shares: Sequence[
 
 
 def choose_tag_share(head: torch.nn.Module, data: FusionData, shares: Sequence[float],
-                     split: int) -> tuple[float, dict[str, dict[str, float]]]:
-    """The share of the tag block to blend into a trained head's output (after its base
-    share is chosen): the best text -> photo + text -> product NDCG@10 + photo R@1 on
-    ``split``. A head without tags keeps 0.
+                     split: int, memory_weights: Sequence[float] = (0.0,)
+                     ) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """The share of the tag block in a trained head's output, and the weight of its tag
+    memory's vote (when it has a memory), with the best text -> photo + text -> product
+    NDCG@10 on ``split``. Photo queries carry no tags, so photo search does not depend on
+    either. A head without tags keeps 0 and 0.
 
     Returns:
-        The chosen share and, per share tried, its three figures.
+        The chosen share and memory weight, and per pair tried (``"t=0.5 m=1"``) its two
+        figures.
     """
     if not head.config.tags:
-        return 0.0, {}
+        return 0.0, 0.0, {}
+    weights = memory_weights if head.config.memory else (0.0,)
     tried: dict[str, dict[str, float]] = {}
-    best, best_value = 0.0, -np.inf
-    for share in shares:
-        blended = head.with_base_share(head.config.base_share, tag_share=share)
-        metrics = evaluate(HeadFusion(blended), data, split)
-        figures = {"text_photo NDCG@10": float(metrics.get("text_photo", {})
-                                               .get("NDCG@10", 0.0)),
-                   "text_product NDCG@10": float(metrics.get("text_product", {})
-                                                 .get("NDCG@10", 0.0)),
-                   "photo R@1": float(metrics.get("photo", {}).get("R@1", 0.0))}
-        tried[f"{share:g}"] = figures
-        if sum(figures.values()) > best_value + 1e-9:
-            best, best_value = float(share), sum(figures.values())
-    return best, tried
+    best, best_value = (0.0, 0.0), -np.inf
+    for weight in weights:
+        for share in shares:
+            if not share and weight != weights[0]:
+                continue  # without the tag block, the memory's weight changes nothing
+            blended = head.with_base_share(head.config.base_share, tag_share=share,
+                                           memory_weight=weight)
+            metrics = evaluate(HeadFusion(blended), data, split,
+                               kinds=("text_photo", "text_product"))
+            figures = {"text_photo NDCG@10": float(metrics.get("text_photo", {})
+                                                   .get("NDCG@10", 0.0)),
+                       "text_product NDCG@10": float(metrics.get("text_product", {})
+                                                     .get("NDCG@10", 0.0))}
+            tried[f"t={share:g} m={weight:g}"] = figures
+            if sum(figures.values()) > best_value + 1e-9:
+                best, best_value = (float(share), float(weight)), sum(figures.values())
+    return best[0], best[1], tried
 
 
 @torch.no_grad()
@@ -314,7 +322,7 @@ def tag_accuracy(head: torch.nn.Module, data: FusionData, split: int,
             for s in range(0, len(rows), batch):
                 part = {k: torch.from_numpy(data.products[k][rows[s:s + batch]]
                                             .astype(np.float32)) for k in keep}
-                read = head.read_tags(part)
+                read = head.product_tags(part)
                 guesses.append(torch.stack([x.argmax(dim=1) for x in read.logits], 1).numpy())
             guess = np.concatenate(guesses) if guesses else np.zeros_like(truth)
             for i, (name, _k) in enumerate(head.config.tags):

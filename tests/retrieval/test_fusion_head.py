@@ -243,3 +243,42 @@ def test_log_tag_block_scores_the_products_log_probability_of_what_words_ask():
     for q in range(3):
         if p_words[q].max() > 0.999:
             assert torch.equal(scores[q].argsort(), log_p[:, asked[q]].argsort())
+
+
+def test_tag_memory_votes_a_products_tags_by_its_neighbours(tmp_path):
+    head = _tagged_head(tag_share=0.4, scoring="log")
+    photos = torch.randn(4, 5)
+    tags = torch.tensor([[0, 1], [1, 0], [2, 1], [-1, 0]])  # colour unknown for the last
+    with torch.no_grad():
+        keys = head.learned({"a": photos})
+    remembering = head.with_memory(keys, tags, 1.0, slots=["a"], k=1).eval()
+    assert remembering.config.memory == 4 and remembering.config.memory_slots == ("a",)
+    with torch.no_grad():
+        plain = head.read_tags({"a": photos})
+        voted = remembering.product_tags({"a": photos})
+        # Each photo's nearest neighbour is itself: its vote is its own label, added to the
+        # classifier's logits as log(vote + eps).
+        for row, (colour, gender) in enumerate(tags.tolist()):
+            torch.testing.assert_close(
+                voted.logits[1][row] - plain.logits[1][row],
+                torch.log(torch.nn.functional.one_hot(torch.tensor(gender), 2).float() + 0.01))
+            if colour >= 0:
+                bonus = voted.logits[0][row] - plain.logits[0][row]
+                expected = torch.log(torch.nn.functional.one_hot(
+                    torch.tensor(colour), 3).float() + 0.01)
+                torch.testing.assert_close(bonus, expected)
+            else:  # nobody knows: every value gets the same log(eps), nothing changes
+                torch.testing.assert_close(torch.softmax(voted.logits[0][row], 0),
+                                           torch.softmax(plain.logits[0][row], 0))
+        # Weight 0 carries the memory without using it; queries never ask it.
+        silent = remembering.with_base_share(0.0, tag_share=0.4, memory_weight=0.0)
+        torch.testing.assert_close(silent.product_tags({"a": photos}).logits[0],
+                                   plain.logits[0])
+        words = {"b": torch.randn(2, 3)}
+        torch.testing.assert_close(remembering.tag_block(words, query=True),
+                                   head.tag_block(words, query=True))
+        # Saved and loaded, the memory comes back with the weights.
+        loaded, meta = load_head(save_head(remembering, tmp_path / "head"))
+        assert meta["architecture"]["memory"] == 4
+        torch.testing.assert_close(loaded({"a": photos}), remembering({"a": photos}))
+        assert loaded.memory_tags.tolist() == tags.tolist()

@@ -82,8 +82,16 @@ def test_head_learns_to_read_tags_and_blends_them(trained):
     assert read["colour"]["words"] > 0.6 and read["category"]["words"] > 0.9, read
     chosen = meta["metrics"]["tag_share"]["chosen"]
     assert chosen in tiny_config().tag_shares and head.config.tag_share == chosen
-    assert set(meta["metrics"]["tag_share"]["valid"]) == \
-        {f"{s:g}" for s in tiny_config().tag_shares}
+    weight = meta["metrics"]["tag_share"]["memory_weight"]
+    assert weight in tiny_config().memory_weights and head.config.memory_weight == weight
+    tried = meta["metrics"]["tag_share"]["valid"]  # share 0 once: no block, no vote
+    assert len(tried) == 1 + (len(tiny_config().tag_shares) - 1) * len(
+        tiny_config().memory_weights) and "t=0 m=0" in tried
+    # The memory holds the training products' photos (held-out ones never) and their tags.
+    assert head.config.memory == trained.data["products"]["train"]
+    assert head.config.memory_slots == ("clip_image",)
+    assert head.memory_keys.shape == (head.config.memory, head.config.dim)
+    assert set(head.memory_tags[:, 1].tolist()) == {0, 1, 2}  # colour codes
     assert head.config.out_dim == head.config.dim + (
         sum(d for _, d in head.config.slots) if head.config.base_share else 0) + (
         (3 + 1) + (3 + 1) + (2 + 1) if chosen else 0)  # values + a filler per tag
