@@ -31,11 +31,14 @@ class Fusion(Protocol):
 
     def fuse(self, slots: Mapping[str, np.ndarray | None], n: int, *, query: bool = False
              ) -> np.ndarray:
-        """Fused, L2-normalised ``(n, dim)`` float32 vectors; ``None`` slots are missing.
+        """Fused ``(n, dim)`` float32 vectors; ``None`` slots are missing. Products'
+        are L2-normalised.
 
         ``query``: the rows are shoppers' queries, not products. The training-free fusion
         treats both alike; a learned head may not (its tag block carries only the tags a
-        query's words name, see :mod:`retrieval.fusion_head`).
+        query's words name, and such a query is scaled so that its dot product with a
+        product is a cosine plus a penalty, not unit length: see
+        :mod:`retrieval.fusion_head`). Rank by the dot product.
         """
         ...
 

@@ -244,7 +244,9 @@ class FusionHead(nn.Module):
                 ) -> torch.Tensor:
         """Fused ``(n, out_dim)``, unit length when every part is; a slot missing
         (``None`` or all-zero rows) does not contribute. ``query``: the rows are queries,
-        whose tag block holds only what ``query_tag_groups`` (their words) name."""
+        whose tag block holds only what ``query_tag_groups`` (their words) name, scaled by
+        ``1 / (1 - tag_share)`` so that a query . product is the untagged blend's cosine
+        plus ``tag_share / (1 - tag_share)`` times the (non-positive) tag score."""
         learned = self.learned(slots)
         share = self.config.base_share
         out = learned
@@ -262,6 +264,8 @@ class FusionHead(nn.Module):
             block = self.tag_block(slots, query).to(out.dtype)
             out = torch.cat([math.sqrt(1.0 - tag_share) * out, math.sqrt(tag_share) * block],
                             dim=1)
+            if query:  # scores on the untagged scale: cosine + t / (1 - t) * tag score
+                out = out / (1.0 - tag_share)
         return out
 
     def learned(self, slots: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
@@ -516,7 +520,15 @@ class LearnedFusion:
                         v[start:start + batch], dtype=np.float32))
                     for name, v in slots.items() if v is not None}
             out.append(self.head(part, query=query).numpy())
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        fused = np.concatenate(out)
+        # Products are unit length. A query with a tag block is left as the head scales it,
+        # so its dot product with a product is the untagged blend's cosine plus the tag
+        # score's penalty (a photo query's is exactly the cosine): scores keep the scale a
+        # ranker and a shopper's screen expect, whatever the words name.
+        return fused.astype(np.float32) if query and self.head.config.tag_share \
+            else l2_normalise(fused)
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": "learned-head", "version": self.version,

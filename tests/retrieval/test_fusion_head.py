@@ -194,13 +194,24 @@ def test_tag_share_blends_the_tag_agreement_into_the_cosine(tmp_path):
     asking.load_state_dict(blended.state_dict())
     asking.eval()
     photo_q = {"a": torch.randn(2, 5)}
+    # ... on the untagged scale: a photo query scores the inner blend's cosine exactly.
     torch.testing.assert_close(asking(photo_q, query=True) @ asking(items).T,
-                               0.7 * inner(photo_q) @ inner(items).T)
+                               inner(photo_q) @ inner(items).T)
     both_q = {"a": photo_q["a"], "b": q["b"][:2]}
     words_tags = head.read_tags({"b": q["b"][:2]}).block() @ head.read_tags(items).block().T
     torch.testing.assert_close(asking(both_q, query=True) @ asking(items).T,
-                               0.7 * inner(both_q) @ inner(items).T + 0.3 * words_tags)
-    loaded, meta = load_head(save_head(asking, tmp_path / "asking"))
+                               inner(both_q) @ inner(items).T + 0.3 / 0.7 * words_tags)
+    # Served through LearnedFusion: products unit length, queries on that same scale.
+    served = LearnedFusion.load(save_head(asking, tmp_path / "asking"))
+    untagged = LearnedFusion.load(save_head(inner, tmp_path / "inner"))
+    products = {"a": items["a"].numpy()}
+    np.testing.assert_allclose(np.linalg.norm(served.fuse(products, 5), axis=1), 1.0,
+                               atol=1e-5)
+    np.testing.assert_allclose(
+        served.fuse({"a": photo_q["a"].numpy()}, 2, query=True) @ served.fuse(products, 5).T,
+        untagged.fuse({"a": photo_q["a"].numpy()}, 2, query=True)
+        @ untagged.fuse(products, 5).T, atol=1e-5)
+    loaded, meta = load_head(tmp_path / "asking")
     assert meta["architecture"]["query_tag_groups"] == [["b"]]
     torch.testing.assert_close(loaded(both_q, query=True), asking(both_q, query=True))
     loaded, meta = load_head(save_head(blended, tmp_path / "head"))
