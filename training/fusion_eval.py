@@ -18,7 +18,7 @@ vectors and the candidate rows with the fused scores, and returns the new order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -240,6 +240,25 @@ def monitor_value(metrics: Mapping[str, Any], monitor: str) -> float:
     return float(np.mean(present)) if present else 0.0
 
 
+def _pick_blend(candidates: Iterable[tuple[str, Any, torch.nn.Module]], data: FusionData,
+                split: int, kinds: Sequence[str]
+                ) -> tuple[Any, dict[str, dict[str, float]]]:
+    """Scores each ``(label, value, head)`` on ``split`` and returns the value of the one
+    with the best sum of its figures (photo R@1, NDCG@10 of the text kinds), and every
+    label's figures."""
+    tried: dict[str, dict[str, float]] = {}
+    best, best_value = None, -np.inf
+    for label, value, head in candidates:
+        metrics = evaluate(HeadFusion(head), data, split, kinds=kinds)
+        figures = {("photo R@1" if k == "photo" else f"{k} NDCG@10"):
+                   float(metrics.get(k, {}).get("R@1" if k == "photo" else "NDCG@10", 0.0))
+                   for k in kinds}
+        tried[label] = figures
+        if best is None or sum(figures.values()) > best_value + 1e-9:
+            best, best_value = value, sum(figures.values())
+    return best, tried
+
+
 def choose_base_share(head: torch.nn.Module, data: FusionData, shares: Sequence[float],
                       split: int) -> tuple[float, dict[str, dict[str, float]]]:
     """The share of the training-free fusion to blend into a trained head's output.
@@ -251,17 +270,8 @@ def choose_base_share(head: torch.nn.Module, data: FusionData, shares: Sequence[
     Returns:
         The chosen share and, per share tried, its two figures.
     """
-    tried: dict[str, dict[str, float]] = {}
-    best, best_value = float(shares[0]), -np.inf
-    for share in shares:
-        metrics = evaluate(HeadFusion(head.with_base_share(share)), data, split,
-                           kinds=("text_product", "photo"))
-        figures = {"photo R@1": float(metrics.get("photo", {}).get("R@1", 0.0)),
-                   "text_product NDCG@10": float(metrics.get("text_product", {})
-                                                 .get("NDCG@10", 0.0))}
-        tried[f"{share:g}"] = figures
-        if sum(figures.values()) > best_value + 1e-9:
-            best, best_value = float(share), sum(figures.values())
+    best, tried = _pick_blend(((f"{s:g}", float(s), head.with_base_share(s)) for s in shares),
+                              data, split, ("photo", "text_product"))
     return best, tried
 
 
@@ -280,24 +290,13 @@ def choose_tag_share(head: torch.nn.Module, data: FusionData, shares: Sequence[f
     if not head.config.tags:
         return 0.0, 0.0, {}
     weights = memory_weights if head.config.memory else (0.0,)
-    tried: dict[str, dict[str, float]] = {}
-    best, best_value = (0.0, 0.0), -np.inf
-    for weight in weights:
-        for share in shares:
-            if not share and weight != weights[0]:
-                continue  # without the tag block, the memory's weight changes nothing
-            blended = head.with_base_share(head.config.base_share, tag_share=share,
-                                           memory_weight=weight)
-            metrics = evaluate(HeadFusion(blended), data, split,
-                               kinds=("text_photo", "text_product"))
-            figures = {"text_photo NDCG@10": float(metrics.get("text_photo", {})
-                                                   .get("NDCG@10", 0.0)),
-                       "text_product NDCG@10": float(metrics.get("text_product", {})
-                                                     .get("NDCG@10", 0.0))}
-            tried[f"t={share:g} m={weight:g}"] = figures
-            if sum(figures.values()) > best_value + 1e-9:
-                best, best_value = (float(share), float(weight)), sum(figures.values())
-    return best[0], best[1], tried
+    pairs = [(float(t), float(w)) for w in weights for t in shares
+             if t or w == weights[0]]  # without the tag block, the memory's weight is moot
+    (share, weight), tried = _pick_blend(
+        ((f"t={t:g} m={w:g}", (t, w), head.with_base_share(
+            head.config.base_share, tag_share=t, memory_weight=w)) for t, w in pairs),
+        data, split, ("text_photo", "text_product"))
+    return share, weight, tried
 
 
 @torch.no_grad()
