@@ -1,8 +1,10 @@
-"""Reading and writing the data files of an index version: products and per-slot vectors."""
+"""Reading and writing the data files of an index version: products, per-slot vectors and,
+for a learned fusion, the fused vectors."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,15 +12,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from retrieval.catalog import Product
 from retrieval.filters import ColumnTable
 from retrieval.manifest import IndexStateError
 
+logger = logging.getLogger(__name__)
+
 PRODUCTS_FILE = "products.parquet"
 VECTORS_FILE = "vectors.safetensors"
+FUSED_FILE = "fused.safetensors"
 
 
 @dataclass
@@ -109,3 +115,41 @@ def read_vectors(folder: Path, slot_names: Sequence[str], n: int) -> dict[str, n
                                   "index.")
         slots[name] = array
     return slots
+
+
+def write_fused(folder: Path, fused: np.ndarray, fusion_version: str) -> None:
+    """The products' fused vectors in float16, tagged with the fusion that made them.
+
+    A learned head's fused vectors cost a pass of the head (and of its tag memory's
+    nearest-neighbour vote) over the whole catalog; an engine reads them back here instead
+    of paying that at every start. float16 moves a cosine by about 1e-5.
+    """
+    save_file({"fused": np.ascontiguousarray(fused, dtype=np.float16)},
+              str(folder / FUSED_FILE), metadata={"format": "1", "fusion": fusion_version})
+
+
+def read_fused(folder: Path, fusion_version: str, n: int, dim: int) -> np.ndarray | None:
+    """The stored fused vectors as float32 unit rows, or ``None`` when there are none for this
+    fusion: no file (an index published before they were stored, or a training-free one),
+    another fusion's, the wrong shape, or unreadable — the caller re-fuses.
+    """
+    path = folder / FUSED_FILE
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            made_by = (handle.metadata() or {}).get("fusion")
+            if made_by != fusion_version:
+                logger.warning("%s was fused by %s, not %s; re-fusing.", path, made_by,
+                               fusion_version)
+                return None
+            fused = handle.get_tensor("fused")
+    except (OSError, SafetensorError) as exc:
+        logger.warning("%s cannot be read (%s); re-fusing.", path, exc)
+        return None
+    if fused.shape != (n, dim) or fused.dtype != np.float16:
+        logger.warning("%s holds %s %s vectors, not (%d, %d) float16; re-fusing.", path,
+                       fused.shape, fused.dtype, n, dim)
+        return None
+    # back to float32 unit rows (torch converts float16 several times faster than numpy)
+    return torch.nn.functional.normalize(torch.from_numpy(fused).float(), dim=1).numpy()

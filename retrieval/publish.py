@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.artifacts import ProductRecords, write_products, write_vectors
+from retrieval.artifacts import ProductRecords, write_fused, write_products, write_vectors
 from retrieval.catalog import RowIssue
 from retrieval.config import Settings
 from retrieval.fusion import Fusion, SlotSpec, WeightedConcatFusion
@@ -75,8 +75,10 @@ def publish(layout: IndexLayout, settings: Settings, content: VersionContent, *,
         write_vectors(build_dir, content.slot_vectors)
         _write_issues(build_dir, content.issues)
         if isinstance(content.fusion, LearnedFusion):
-            # The index carries its head: it never depends on a models folder staying put.
+            # The index carries its head: it never depends on a models folder staying put;
+            # and its fused vectors, so an engine does not run the head over the catalog.
             shutil.copytree(content.fusion.folder, build_dir / HEAD_DIR)
+            write_fused(build_dir, fused, content.fusion.version)
         write_manifest(build_dir, {
             "version": version,
             "profile": content.profile,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from retrieval.artifacts import ProductRecords, read_products, read_vectors
+from retrieval.artifacts import ProductRecords, read_fused, read_products, read_vectors
 from retrieval.catalog import Product
 from retrieval.config import Settings, load_settings
 from retrieval.encoders import IMAGE, Encoder, create_encoder, l2_normalise
@@ -162,11 +162,16 @@ class SearchEngine:
             self.weights = fusion.weights()
             self.fused: np.ndarray | None = None
         else:
-            # A learned head scores in its own space: keep the products' fused vectors
-            # (derived from the stored slots, one pass at open) for exact re-scoring.
+            # A learned head scores in its own space: keep the products' fused vectors for
+            # exact re-scoring — the version's stored ones when this is the fusion it was
+            # published with, else one pass of the head over the stored slots.
             self.weights = {s["slot"]: 1.0 for s in self.manifest["slots"]}
-            self.fused = fusion.fuse({k: v.astype(np.float32) for k, v in self.vectors.items()},
-                                     len(self.products))
+            stored = None
+            if fusion.version == self.manifest.get("fusion", {}).get("version"):
+                stored = read_fused(self.folder, fusion.version, len(self.products),
+                                    fusion.dim)
+            self.fused = stored if stored is not None else fusion.fuse(
+                {k: v.astype(np.float32) for k, v in self.vectors.items()}, len(self.products))
 
     def variant(self, *, fusion: Any = None, ranker: Reranker | None = None) -> SearchEngine:
         """This engine with another fusion and/or ranker, sharing its products, vectors,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval.artifacts import FUSED_FILE, read_products, read_vectors, write_fused
 from retrieval.fusion_head import (
     ArtifactError,
     FusionHead,
@@ -139,6 +140,48 @@ def test_a_catalog_update_keeps_the_head(tmp_path, settings, clip_profile, catal
     engine = SearchEngine.open(settings=settings, profile=clip_profile)
     assert engine.fused.shape == (37, 8)
     np.testing.assert_allclose(np.linalg.norm(engine.fused, axis=1), 1.0, atol=1e-5)
+
+
+def test_an_engine_reads_the_published_fused_vectors_instead_of_running_the_head(
+        tmp_path, settings, clip_profile, catalog, monkeypatch, caplog):
+    ingest(catalog, settings=settings, profile=clip_profile, progress=False)
+    refuse(settings, save_head(_head(_index_slots(clip_profile)), tmp_path / "head"),
+           show=False)
+    folder = IndexLayout(settings.index_dir).version_dir()
+    assert (folder / FUSED_FILE).is_file()
+    n = len(read_products(folder).products)
+    slots = read_vectors(folder, [name for name, _ in _index_slots(clip_profile)], n)
+    fresh = LearnedFusion.load(folder / "fusion_head").fuse(
+        {k: v.astype(np.float32) for k, v in slots.items()}, n)
+
+    calls = []
+    real_fuse = LearnedFusion.fuse
+
+    def counting(self, slots, n, **kwargs):
+        calls.append((n, kwargs.get("query", False)))
+        return real_fuse(self, slots, n, **kwargs)
+
+    monkeypatch.setattr(LearnedFusion, "fuse", counting)
+    engine = SearchEngine.open(settings=settings, profile=clip_profile)
+    assert calls == []  # no pass of the head over the catalog
+    np.testing.assert_allclose(engine.fused, fresh, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(engine.fused, axis=1), 1.0, atol=1e-5)
+    assert engine.search(text="red shirt", k=5, parse_text=False).hits
+    assert calls == [(1, True)]  # only the query went through the head
+
+    # A damaged or foreign file is not trusted: the engine re-fuses, and says so.
+    for damage in ("truncate", "foreign"):
+        path = folder / FUSED_FILE
+        if damage == "truncate":
+            path.write_bytes(path.read_bytes()[:100])
+        else:
+            write_fused(folder, fresh, "head-someoneelse")
+        calls.clear()
+        with caplog.at_level("WARNING", logger="retrieval.artifacts"):
+            engine = SearchEngine.open(settings=settings, profile=clip_profile)
+        assert calls == [(n, False)] and "re-fusing" in caplog.text
+        np.testing.assert_allclose(engine.fused, fresh, atol=1e-6)
+        caplog.clear()
 
 
 def _tagged_head(tag_share=0.0, seed=0, scoring="sqrt") -> FusionHead:
