@@ -48,8 +48,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from retrieval.manifest import IndexStateError
     from retrieval.store import StoreError
 
-    return (CatalogError, ModelUnavailableError, FilterError, ImageError, IndexStateError,
-            StoreError, ValueError, KeyError, FileNotFoundError)
+    errors: tuple[type[BaseException], ...] = (
+        CatalogError, ModelUnavailableError, FilterError, ImageError, IndexStateError,
+        StoreError, ValueError, KeyError, FileNotFoundError)
+    try:  # the event log's (a missing or newer log file), when the assistant is installed
+        from assistant.eventlog.engine import EventLogError
+    except ImportError:
+        return errors
+    return (*errors, EventLogError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
