@@ -211,7 +211,10 @@ class Conversation:
         self.assistant = assistant
         self.persona = persona
         self.session = Session(channel="support" if persona == "support" else "shop")
-        self.tools = ShopTools(assistant.engine, self.session, log=assistant.log)
+        # Only shoppers' searches are explored; staff answering a question see the ranking.
+        self.tools = ShopTools(assistant.engine, self.session, log=assistant.log,
+                               explore=0.0 if persona == "support" else
+                               assistant.settings.explore)
         self.history: list[BaseMessage] = []
         self.system_prompt = system_prompt(persona)
         self._lock = threading.Lock()

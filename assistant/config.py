@@ -44,6 +44,11 @@ class AssistantSettings:
         llm_max_new_tokens: Longest LLM reply, in tokens.
         llm_load_in_4bit: ``hf:`` only: load in 4-bit through bitsandbytes; unset (or
             ``auto``) means 4-bit on a CUDA GPU when bitsandbytes is installed.
+        explore: Share of shoppers' searches (0..1) whose results are shown in a random
+            order and logged as such (``+shuffle``): what lets the learning loop measure
+            position bias and judge a ranker without it. 0 (the default) never does; a
+            few percent is enough (`shopassist dataset` says which estimate it used).
+            Staff (the support persona) always see the ranked order.
     """
 
     log_db: str = "sqlite:///data/events.sqlite"
@@ -55,6 +60,12 @@ class AssistantSettings:
     llm_timeout_s: float = 60.0
     llm_max_new_tokens: int = 512
     llm_load_in_4bit: bool | None = None
+    explore: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.explore <= 1.0:
+            raise ValueError(f"explore is a share of searches between 0 and 1 (got "
+                             f"{self.explore}).")
 
     def replace(self, **changes: Any) -> AssistantSettings:
         """Returns a copy with ``changes`` applied (``None`` values are ignored)."""

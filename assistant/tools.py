@@ -12,9 +12,11 @@ impressions (rank, score, index and model version) when an event log is attached
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -28,7 +30,7 @@ from retrieval.catalog import Product
 from retrieval.filters import FilterError, Filters
 from retrieval.images import ImageError
 from retrieval.recommend import complementary, similar
-from retrieval.search import SearchEngine, SearchResult
+from retrieval.search import SHUFFLED, SearchEngine, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +116,20 @@ class ShopTools:
         engine: The opened search engine (shared, read-only).
         session: This conversation's state (uploads, shown products).
         log: Event log for queries and impressions (optional).
+        explore: Share of searches (0..1) shown in a random order and logged with
+            ``+shuffle`` (``AssistantSettings.explore``); recommendations never are.
+        rng: Source of the exploration draws (default: a fresh unseeded one).
     """
 
-    def __init__(self, engine: SearchEngine, session: Session, log: Any = None) -> None:
+    def __init__(self, engine: SearchEngine, session: Session, log: Any = None, *,
+                 explore: float = 0.0, rng: random.Random | None = None) -> None:
+        if not 0.0 <= explore <= 1.0:
+            raise ValueError(f"explore is a share between 0 and 1 (got {explore}).")
         self.engine = engine
         self.session = session
         self.log = log
+        self.explore = explore
+        self.rng = rng or random.Random()
         self.handlers: dict[str, Callable[[Any], dict[str, Any]]] = {
             "visual_search": self._visual_search, "text_search": self._text_search,
             "recommend": self._recommend, "product_details": self._product_details,
@@ -156,13 +166,25 @@ class ShopTools:
         result = self.engine.search(image=photo, text=args.refine or None,
                                     filters=self._filters(args.filters), k=args.k,
                                     session=self.session.history())
-        return self._search_result("visual_search", args, result, text=args.refine,
-                                   image_ref=args.upload_id)
+        return self._search_result("visual_search", args, self._maybe_shuffled(result),
+                                   text=args.refine, image_ref=args.upload_id)
 
     def _text_search(self, args: TextSearchArgs) -> dict[str, Any]:
         result = self.engine.search(text=args.query, filters=self._filters(args.filters),
                                     k=args.k, session=self.session.history())
-        return self._search_result("text_search", args, result, text=args.query)
+        return self._search_result("text_search", args, self._maybe_shuffled(result),
+                                   text=args.query)
+
+    def _maybe_shuffled(self, result: SearchResult) -> SearchResult:
+        """With chance ``explore``, the same hits in a random order, marked ``+shuffle``
+        for the event log: unbiased evidence of how position sways clicks."""
+        if self.explore <= 0.0 or len(result.hits) < 2 or self.rng.random() >= self.explore:
+            return result
+        hits = list(result.hits)
+        self.rng.shuffle(hits)
+        return dataclasses.replace(
+            result, hits=[dataclasses.replace(h, rank=i) for i, h in enumerate(hits, start=1)],
+            model_version=result.model_version + SHUFFLED)
 
     def _recommend(self, args: RecommendArgs) -> dict[str, Any]:
         product = self._allowed(args.product_id)
@@ -172,10 +194,8 @@ class ShopTools:
                              session=self.session.history())
         else:
             result = complementary(self.engine, product.product_id, k=args.k)
-        result = SearchResult(hits=result.hits, filters=result.filters,
-                              index_version=result.index_version,
-                              timings_ms={"total": (time.perf_counter() - started) * 1000},
-                              exact=result.exact)
+        result = dataclasses.replace(
+            result, timings_ms={"total": (time.perf_counter() - started) * 1000})
         out = self._search_result("recommend", args, result,
                                   text=f"{args.mode}:{product.product_id}")
         out["for"] = summarise(product)
@@ -264,8 +284,7 @@ class ShopTools:
                     conversation_id=self.session.conversation_id, text=text,
                     has_image=image_ref is not None, image_ref=image_ref,
                     filters=result.filters.to_dict(), result=result,
-                    index_version=result.index_version,
-                    model_version=str(self.engine.manifest["fusion"]["version"]),
+                    index_version=result.index_version, model_version=result.model_version,
                     latency_ms=result.timings_ms.get("total"))
             except Exception:  # the log must never break a shopper's search
                 logger.exception("could not log the %s query", tool)

@@ -65,7 +65,7 @@ def similar(engine: SearchEngine, product_id: str, k: int = 10,
     hits = [replace(h, rank=rank, why=(f"similar to {product.title}", *h.why))
             for rank, h in enumerate(kept[:k], start=1)]
     return SearchResult(hits=hits, filters=filters or Filters(), index_version=engine.version,
-                        exact=exact)
+                        exact=exact, model_version=engine.model_version(reranking))
 
 
 @lru_cache(maxsize=8)
@@ -98,7 +98,8 @@ def complementary(engine: SearchEngine, product_id: str, k: int = 10,
     targets = _targets(engine, product.category, product.attributes, by_category, by_subcategory)
     co = _co_partners(engine, product.product_id)
     if not targets and not co:
-        return SearchResult(hits=[], filters=Filters(), index_version=engine.version)
+        return SearchResult(hits=[], filters=Filters(), index_version=engine.version,
+                            model_version=engine.model_version())
     key, values = targets or ("category", [])
     include: dict[str, tuple[str, ...]] = {key: tuple(values)} if values else {}
     gender = product.attributes.get("gender")
@@ -111,7 +112,8 @@ def complementary(engine: SearchEngine, product_id: str, k: int = 10,
     extra = [r for r in co if not mask[r] and r != me and engine.table.in_stock[r]]
     rows = np.r_[np.flatnonzero(mask), np.array(extra, dtype=np.int64)].astype(np.int64)
     if rows.size == 0:
-        return SearchResult(hits=[], filters=filters, index_version=engine.version)
+        return SearchResult(hits=[], filters=filters, index_version=engine.version,
+                            model_version=engine.model_version())
     mine = engine.vectors_of(product.product_id)
     text_slots = [s.name for s in engine.profile.profile.slots if s.source == "text"]
     score = np.zeros(rows.size, dtype=np.float32)
@@ -138,7 +140,9 @@ def complementary(engine: SearchEngine, product_id: str, k: int = 10,
         if co.get(r):
             scores["together"] = co[r]
         hits.append(SearchHit(engine.products[r], rank, float(s), scores, tuple(why)))
-    return SearchResult(hits=hits, filters=filters, index_version=engine.version, exact=True)
+    # the co-interaction table is the ranker's: it ordered this list too when it was used
+    return SearchResult(hits=hits, filters=filters, index_version=engine.version, exact=True,
+                        model_version=engine.model_version(bool(co)))
 
 
 def _co_partners(engine: SearchEngine, product_id: str) -> dict[int, float]:

@@ -56,6 +56,9 @@ RELAX_ORDER = ("size", "material", "colour", "price", "in_stock", "subcategory",
                "gender")
 AGREEMENT = 0.7  # see SearchEngine._drop_contradicted
 BOOST = 0.05  # added to the fused score per matched soft preference (usage, season)
+# The end of a logged model_version of a result list shown in a random order (exploration):
+# training reads position bias off such lists (training.datasets, training.ranker_data).
+SHUFFLED = "+shuffle"
 SLOT_LABELS = {"image": "looks like the photo", "colour": "colours match",
                "clip_image": "looks like the photo", "clip_text": "matches the description",
                "text": "matches the words"}
@@ -120,6 +123,7 @@ class SearchResult:
     index_version: str = ""
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     exact: bool = False
+    model_version: str = ""  # what ordered the hits (SearchEngine.model_version)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [hit.to_dict() for hit in self.hits]
@@ -379,7 +383,15 @@ class SearchEngine:
         timings["total"] = _ms(t0)
         return SearchResult(hits=hits, filters=plan.filters, parsed=plan.parsed,
                             relaxed=plan.relaxed, index_version=self.version,
-                            timings_ms=timings, exact=exact)
+                            timings_ms=timings, exact=exact,
+                            model_version=self.model_version(any(h.ranking for h in hits)))
+
+    def model_version(self, reranked: bool = False) -> str:
+        """What ordered a result list, as the event log records it: the fusion's version,
+        then ``+ranker-<version>`` when the promoted ranker re-ordered the list (a caller
+        that shows it in a random order appends :data:`SHUFFLED`)."""
+        ranker = f"+ranker-{self.ranker.version}" if reranked and self.ranker else ""
+        return f"{self.fusion.version or 'engine'}{ranker}"
 
     def serve(self, plan: QueryPlan, k: int, *, exclude_ids: Sequence[str] = (),
               session: Sequence[Mapping[str, Any]] = (), rerank: bool = True,

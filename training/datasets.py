@@ -38,6 +38,7 @@ from sqlalchemy import select
 from assistant.eventlog import EventLog
 from assistant.eventlog.schema import conversations
 from retrieval.catalog import CORE_ATTRIBUTES, Product
+from retrieval.search import SHUFFLED
 from training.propensity import (
     PropensityEstimate,
     click_ratio,
@@ -52,7 +53,6 @@ SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_SALT = "shopassist-split-v1"
 LABELS = ("clicked", "added_to_cart", "purchased", "thumbs_up", "thumbs_down")
-RANDOMISED_SUFFIX = "+shuffle"  # model_version of result lists shown in a random order
 METHODS = ("auto", "randomised", "regression-em", "click-ratio")
 MIN_RANDOMISED = 2000  # randomised impressions needed before "auto" relies on them
 
@@ -204,7 +204,7 @@ def estimate_propensities(frame: pd.DataFrame, method: str = "auto") -> Propensi
     if method not in METHODS:
         raise ValueError(f"Unknown propensity method {method!r}; use one of "
                          f"{', '.join(METHODS)}.")
-    shuffled = frame["model_version"].fillna("").str.endswith(RANDOMISED_SUFFIX).to_numpy()
+    shuffled = frame["model_version"].fillna("").str.endswith(SHUFFLED).to_numpy()
     if method == "auto":
         enough = shuffled.sum() >= MIN_RANDOMISED and \
             frame.loc[shuffled & (frame["rank"] == 1).to_numpy(), "clicked"].any()
@@ -214,7 +214,7 @@ def estimate_propensities(frame: pd.DataFrame, method: str = "auto") -> Propensi
     if method == "randomised":
         if not shuffled.any():
             raise ValueError(f"No result lists with a model_version ending in "
-                             f"{RANDOMISED_SUFFIX!r} in the log; use regression-em.")
+                             f"{SHUFFLED!r} in the log; use regression-em.")
         found = click_ratio(rank[shuffled], clicked[shuffled])
         return PropensityEstimate(found.propensity, found.impressions, found.clicks,
                                   "randomised")

@@ -27,6 +27,7 @@ from retrieval.ranker_features import (
     filters_from_dict,
     modality,
 )
+from retrieval.search import SHUFFLED
 from training.datasets import SPLITS, build_dataset, read_snapshot_id, split_of
 from training.fusion_encode import IndexView
 from training.ranker_config import RankerConfig
@@ -34,7 +35,6 @@ from training.ranker_config import RankerConfig
 logger = logging.getLogger(__name__)
 
 TRAIN, VALID, TEST = 0, 1, 2
-SHUFFLED_SUFFIX = "+shuffle"
 
 
 @dataclass
@@ -202,7 +202,7 @@ def build_ranker_data(frame: pd.DataFrame, view: IndexView, config: RankerConfig
     log_dwell = np.where(clicked & (dwell > 0), np.log(np.maximum(dwell, 1.0)), 0.0)
     ipw = frame["ipw"].to_numpy(dtype=np.float32) if "ipw" in frame else \
         np.ones(len(frame), np.float32)
-    shuffled = frame["model_version"].fillna("").str.endswith(SHUFFLED_SUFFIX).to_numpy()
+    shuffled = frame["model_version"].fillna("").str.endswith(SHUFFLED).to_numpy()
     info = {"snapshot": snapshot, "rows": len(frame), "dropped_unknown_products": dropped,
             "queries": len(starts), "splits": {n: int((split == i).sum())
                                                 for i, n in enumerate(SPLITS)},

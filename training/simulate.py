@@ -31,7 +31,7 @@ from PIL import Image
 from assistant.eventlog import EventLog
 from retrieval.images import ImageError
 from retrieval.progress import progress
-from retrieval.search import SearchEngine, SearchHit
+from retrieval.search import SHUFFLED, SearchEngine, SearchHit
 from training.batched_search import BatchedSearch
 from training.behaviour import Parts, Reactions, Timeline, react, timeline, utilities
 from training.photos import PhotoSource
@@ -272,9 +272,7 @@ class Simulator:
         if shuffled:
             hits = [hits[int(j)] for j in rng.permutation(len(hits))[:cfg.k]]
         shown_at = s.clock + timedelta(seconds=1)
-        ranker = self.engine.ranker
-        model = (self.fusion or "engine") + (f"+ranker-{ranker.version}" if ranker else "") \
-            + ("+shuffle" if shuffled else "")
+        model = result.model_version + (SHUFFLED if shuffled else "")
         self.log.log_query(
             conversation_id=s.conversation_id, message_id=message_id, text=intent.text,
             has_image=photo is not None, image_ref=ref, filters=result.filters,

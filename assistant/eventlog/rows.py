@@ -158,6 +158,7 @@ def query_rows(*, conversation_id: str | None, message_id: int | None, text: str
         hits = list(hits) or list(getattr(result, "hits", ()))
         filters = filters if filters is not None else getattr(result, "filters", None)
         index_version = index_version or getattr(result, "index_version", None)
+        model_version = model_version or getattr(result, "model_version", None)
         if latency_ms is None:
             latency_ms = dict(getattr(result, "timings_ms", None) or {}).get("total")
     if filters is not None and hasattr(filters, "to_dict"):

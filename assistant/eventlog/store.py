@@ -275,9 +275,12 @@ class EventLog:
                 ``product_id`` and optional ``rank`` (1-based; default position),
                 ``score`` and ``scores`` (per modality).
             result: A ``retrieval.search.SearchResult``; fills ``hits``, ``filters``,
-                ``index_version`` and ``latency_ms`` where those are not given.
+                ``index_version``, ``model_version`` and ``latency_ms`` where those are not
+                given.
             index_version: The index version searched.
-            model_version: The encoder / fusion / ranking model version.
+            model_version: What ordered the list: the fusion's version, ``+ranker-<v>``
+                when a ranker re-ordered it, ``+shuffle`` when it was shown in a random
+                order (exploration).
             latency_ms: Time to answer the query.
             query_id: An id to use instead of a new UUID.
             at: When the results were shown (timezone-aware; default now).

@@ -246,3 +246,57 @@ def test_a_fallback_is_announced_to_the_stream(engine, log):
         "red tshirt", on_event=events.append)
     assert result.backend == "rules"
     assert any(e["type"] == "fallback" and "unknown tool" in e["reason"] for e in events)
+
+
+def test_explored_searches_are_shown_shuffled_and_logged_for_the_learning_loop(engine, log):
+    import random
+
+    from training.datasets import estimate_propensities, impressions_table
+
+    search = call("text_search", {"query": "tshirt", "k": 8})
+    ranked = assistant_with(engine, log, [search, AIMessage(content="ok")]).conversation() \
+        .turn("tshirt").products
+    bot = assistant_with(engine, log, [search, AIMessage(content="ok")] * 6, explore=1.0)
+    orders = []
+    for seed in range(3):
+        chat = bot.conversation()
+        chat.tools.rng = random.Random(seed)
+        result = chat.turn("tshirt")
+        orders.append([p["id"] for p in result.products])
+        query = log.conversation(chat.session.conversation_id).queries[0]
+        # what the shopper saw is what the log says they saw, rank by rank
+        assert [i["product_id"] for i in query["impressions"]] == orders[-1]
+        assert [i["rank"] for i in query["impressions"]] == list(range(1, 9))
+        assert query["model_version"] == engine.model_version() + "+shuffle"
+        log.log_feedback("click", query_id=result.query_ids[0], product_id=orders[-1][0])
+    ranked_ids = [p["id"] for p in ranked]
+    assert all(sorted(o) == sorted(ranked_ids) for o in orders)  # the same products
+    assert any(o != ranked_ids for o in orders)  # in another order
+    # Staff answering a question always see the ranking, whatever the setting.
+    staff = bot.conversation(persona="support")
+    assert staff.tools.explore == 0.0
+    assert [p["id"] for p in staff.turn("tshirt").products] == ranked_ids
+    # Recommendations are never shuffled.
+    similar = assistant_with(engine, log, [
+        call("recommend", {"product_id": ranked_ids[0], "mode": "similar", "k": 5}),
+        AIMessage(content="ok")], explore=1.0).conversation()
+    similar.session.remember_results("text_search", {}, ranked_ids)
+    similar.turn("more like the first")
+    [rec] = log.conversation(similar.session.conversation_id).queries
+    assert not str(rec["model_version"]).endswith("+shuffle")
+
+    # The learning loop reads those lists as randomised: position bias from them alone.
+    frame = impressions_table(log)
+    shuffled = frame["model_version"].str.endswith("+shuffle")
+    assert shuffled.sum() == 3 * 8 and (~shuffled).sum() > 0
+    estimate = estimate_propensities(frame, method="randomised")
+    assert estimate.method == "randomised" and estimate.impressions.sum() == 24
+
+
+def test_explore_must_be_a_share():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        AssistantSettings(explore=1.5)
+    from assistant.config import load_assistant_settings
+
+    settings = load_assistant_settings(environ={"SHOPASSIST_EXPLORE": "0.05"})
+    assert settings.explore == 0.05

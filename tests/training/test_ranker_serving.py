@@ -54,6 +54,7 @@ def test_search_reranks_only_when_a_ranker_is_promoted(trained_ranker, index_cop
         assert [h.product.product_id for h in found.hits] == \
             [h.product.product_id for h in again.hits]
         assert all(not h.ranking for h in found.hits) and "rerank" not in found.timings_ms
+        assert found.model_version == plain.fusion.version  # what the log will record
 
     registry = ModelRegistry(models)
     serving = registry.promote("ranker", result.version, index_copy)
@@ -76,6 +77,8 @@ def test_search_reranks_only_when_a_ranker_is_promoted(trained_ranker, index_cop
         assert all(h.score == pytest.approx(by_id[h.product.product_id]) for h in ranked.hits)
         changed += [h.product.product_id for h in ranked.hits] != candidates[:5]
         assert "ranking" in ranked.hits[0].to_dict()
+        assert ranked.model_version == f"{engine.fusion.version}+ranker-{result.version}"
+        assert similarity.model_version == engine.fusion.version
     assert changed > 0, "the ranker re-orders some list"
 
     target, _ = registry.rollback("ranker", index_copy)
@@ -100,6 +103,8 @@ def test_session_history_and_similar_use_the_ranker(trained_ranker, index_copy, 
     ranked = similar(engine, pid, k=5)
     unranked = similar(engine, pid, k=5, rerank=False)
     assert all(h.ranking for h in ranked.hits) and not any(h.ranking for h in unranked.hits)
+    assert ranked.model_version.endswith(f"+ranker-{result.version}")
+    assert unranked.model_version == engine.fusion.version
     assert pid not in {h.product.product_id for h in ranked.hits}
     assert all(h.why[0].startswith("similar to") for h in ranked.hits)
 
