@@ -79,6 +79,22 @@ def _metrics_tab(window: EventWindow) -> None:
             st.dataframe(frame, width="stretch")
         else:
             st.caption("No tool calls yet.")
+    st.subheader("By model")
+    by_model = metrics.rates_by_model(window.impressions)
+    if by_model:
+        st.caption("What ordered the list: the fusion's version, +ranker-vNNNN when a ranker "
+                   "re-ordered it, +shuffle for lists shown in a random order (exploration).")
+        frame = pd.DataFrame(by_model)[["model", "searches", "impressions", "ctr",
+                                        "searches_with_add_to_cart", "searches_with_purchase"]]
+        st.dataframe(frame.rename(columns={
+            "ctr": "click-through", "searches_with_add_to_cart": "searches with add to cart",
+            "searches_with_purchase": "searches with purchase"}), hide_index=True,
+            width="stretch", column_config={c: st.column_config.NumberColumn(format="percent")
+                                            for c in ("click-through",
+                                                      "searches with add to cart",
+                                                      "searches with purchase")})
+    else:
+        st.caption("No impressions yet.")
     st.subheader("Top searches without results")
     empty = metrics.top_zero_result_queries(window.queries)
     if empty:

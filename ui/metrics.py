@@ -125,6 +125,21 @@ def conversion_rates(impressions: Iterable[Any]) -> dict[str, Any]:
                                            searches)}
 
 
+def rates_by_model(impressions: Iterable[Any]) -> list[dict[str, Any]]:
+    """:func:`conversion_rates` per ``model_version`` — what ordered the list: the fusion,
+    ``+ranker-vNNNN`` when a ranker re-ordered it, ``+shuffle`` for exploration — most
+    searches first: how a promoted model fares with shoppers next to the one before it.
+
+    Returns:
+        One row per model: ``model`` (``unknown`` when none was logged) and the rates.
+    """
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for imp in impressions:
+        groups[str(_get(imp, "model_version") or "unknown")].append(imp)
+    rows = [{"model": model, **conversion_rates(group)} for model, group in groups.items()]
+    return sorted(rows, key=lambda r: (-r["searches"], r["model"]))
+
+
 def latency_by_tool(tool_calls: Iterable[Row]) -> list[dict[str, Any]]:
     """Calls, errors and p50 / p95 duration (ms) per tool, slowest p95 first."""
     durations: dict[str, list[float]] = defaultdict(list)

@@ -61,6 +61,22 @@ def test_click_through_by_rank_and_conversion():
     assert metrics.conversion_rates([])["ctr"] is None
 
 
+def test_rates_by_model():
+    imps = [shown(1, clicked=True, model_version="concat-v1"), shown(2, model_version="concat-v1"),
+            shown(1, "q2", model_version="concat-v1+ranker-v0002", purchased=True),
+            shown(1, "q3", model_version="concat-v1+ranker-v0002"),
+            shown(1, "q4", model_version="concat-v1+ranker-v0002+shuffle"), shown(1, "q5")]
+    ordered = metrics.rates_by_model(imps)
+    assert ordered[0]["model"] == "concat-v1+ranker-v0002"  # most searches first
+    rows = {r["model"]: r for r in ordered}
+    assert rows["concat-v1"]["searches"] == 1 and rows["concat-v1"]["ctr"] == 0.5
+    assert rows["concat-v1+ranker-v0002"]["searches"] == 2
+    assert rows["concat-v1+ranker-v0002"]["searches_with_purchase"] == 0.5
+    assert rows["concat-v1+ranker-v0002+shuffle"]["ctr"] == 0.0
+    assert rows["unknown"]["impressions"] == 1
+    assert metrics.rates_by_model([]) == []
+
+
 def test_latency_per_tool():
     calls = [{"tool": "text_search", "duration_ms": float(ms), "error": None}
              for ms in range(1, 101)]
@@ -119,6 +135,8 @@ def test_metrics_over_a_real_event_log(event_log):
     assert metrics.zero_result_rate(window.queries) == 0.5
     assert [(r["rank"], r["ctr"]) for r in metrics.ctr_by_rank(window.impressions)] == \
         [(1, 0.0), (2, 1.0)]
+    [by_model] = metrics.rates_by_model(window.impressions)
+    assert by_model["model"] == "unknown" and by_model["searches_with_add_to_cart"] == 1.0
     rows = metrics.summarise_conversations(window.conversations, window.queries,
                                            window.tool_calls, window.feedback)
     assert rows[0]["outcome"] == "added to cart" and rows[0]["messages"] == 0

@@ -133,6 +133,11 @@ def test_support_and_insights_show_a_shoppers_conversation(rules_assistant, new_
     assert not staff.exception
     searches = next(m for m in staff.metric if m.label == "Searches")
     assert searches.value == "1"
+    # the search as the model that ordered it: the index's fusion, the added product
+    [by_model] = [d.value for d in staff.dataframe if "model" in d.value.columns]
+    engine = shopper.session_state["shop_conversation"].assistant.engine
+    assert by_model["model"].tolist() == [engine.model_version()]
+    assert by_model["searches with add to cart"].tolist() == [1.0]
     staff.selectbox(key="ins_open").select(conversation_id).run()
     assert not staff.exception
     assert any("black jeans for women" in m.value for m in staff.markdown)
