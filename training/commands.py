@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,28 +224,39 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
                           resume=args.resume)
     if _summarise_run("ranker", result, args.json):
         return 0
-    test = result.metrics.get("test", {})
-    for label in ("purchased", "clicked"):
-        if f"ranker {label}" in test:
-            print(f"  test NDCG@10 of {label} items: ranker {test[f'ranker {label}']:.3f}, "
-                  f"similarity {test[f'similarity {label}']:.3f} "
-                  f"({int(test.get(f'queries {label}', 0)):,} lists)")
-    print("  (logged lists in the engine's order favour the engine's order; judge it with "
-          "`shopassist eval --ranker VERSION [--sessions LOG]` before promoting)")
+    for key, what in (("test_shuffled", "lists shown shuffled"), ("test", "lists as shown")):
+        for label in ("purchased", "clicked"):
+            figure = _ndcg_pair(result.metrics.get(key, {}), label)
+            if figure != "-":
+                print(f"  test NDCG@10 of {label} items on {what}, ranker / similarity: "
+                      f"{figure}")
+    print("  (lists shown in the engine's order favour the engine's order; shuffled ones do "
+          "not; judge it with `shopassist eval --ranker VERSION [--sessions LOG]` before "
+          "promoting)")
     print(f"promote it with: shopassist models promote ranker {result.version}")
     return 0
 
 
+def _ndcg_pair(metrics: Mapping[str, Any], label: str = "purchased") -> str:
+    """``ranker / similarity (n lists)`` NDCG@10 of one test figure, or ``-``."""
+    ours, base = metrics.get(f"ranker {label}"), metrics.get(f"similarity {label}")
+    if ours is None or base is None:
+        return "-"
+    return f"{ours:.3f} / {base:.3f} ({int(metrics.get(f'queries {label}', 0)):,})"
+
+
 def _print_rankers(entries: list[Any]) -> None:
-    print(f"{'kind':<7} {'version':<8} {'created':<21} {'NDCG@10 purchased (ranker / sim)':>33}"
-          "  status")
+    # Lists shown in the engine's order favour that order; lists shown shuffled (the
+    # simulator's --explore, the app's [assistant] explore) do not.
+    print(f"{'':<38} {'NDCG@10 of purchases, ranker / similarity (lists)':>49}")
+    print(f"{'kind':<7} {'version':<8} {'created':<21} {'explored lists':>24} "
+          f"{'as shown':>24}  status")
     for e in entries:
-        test = e.metrics.get("test", {})
-        ours, base = test.get("ranker purchased"), test.get("similarity purchased")
-        fig = f"{ours:.3f} / {base:.3f}" if ours is not None and base is not None else "-"
         status = "CORRUPT: " + e.error if e.error else (
             "promoted: " + ", ".join(e.promoted_for) if e.promoted_for else "")
-        print(f"{e.kind:<7} {e.version:<8} {e.created:<21} {fig:>33}  {status}")
+        print(f"{e.kind:<7} {e.version:<8} {e.created:<21} "
+              f"{_ndcg_pair(e.metrics.get('test_shuffled', {})):>24} "
+              f"{_ndcg_pair(e.metrics.get('test', {})):>24}  {status}")
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:

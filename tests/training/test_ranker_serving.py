@@ -193,7 +193,14 @@ def test_cli_train_list_promote_rollback(simulated, index_copy, tmp_path, capsys
     [entry] = json.loads(capsys.readouterr().out)
     assert entry["kind"] == "ranker" and not entry["error"] and not entry["promoted_for"]
     assert main(["models", "list", "--models", str(out), *where]) == 0
-    assert "ranker" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    # the test figure on lists as shown (which favour the engine's order), and none on
+    # explored lists: this log has none
+    test = summary["metrics"]["test"]
+    [row] = [line for line in listed.splitlines() if line.startswith("ranker")]
+    assert row.split()[3] == "-" and "test_shuffled" not in summary["metrics"]
+    assert f"{test['ranker purchased']:.3f} / {test['similarity purchased']:.3f} " \
+           f"({int(test['queries purchased'])})" in row
 
     assert main(["--config", str(config), "models", "promote", "ranker", "latest",
                  "--models", str(out), *where]) == 0
@@ -244,3 +251,18 @@ def test_torchrun_two_processes_train_one_ranker(simulated, sim_engine, tmp_path
     assert summary["version"] == "v0001" and summary["epochs"] == 2
     meta = json.loads((tmp_path / "models" / "ranker" / "v0001" / "ranker.json").read_text())
     assert meta["training"]["processes"] == 2 and meta["training"]["steps"] > 0
+
+
+def test_models_list_shows_a_rankers_figures_on_explored_lists_first(capsys, tmp_path):
+    from training.commands import _print_rankers
+    from training.registry import ModelEntry
+
+    shown = {"ranker purchased": 0.743, "similarity purchased": 0.775, "queries purchased": 243}
+    explored = {"ranker purchased": 0.546, "similarity purchased": 0.483,
+                "queries purchased": 16}
+    _print_rankers([ModelEntry("ranker", "v0001", tmp_path, "2026-11-28T06:13:04Z",
+                               metrics={"test": shown, "test_shuffled": explored},
+                               promoted_for=("data/index",))])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.index("0.546 / 0.483 (16)") < row.index("0.743 / 0.775 (243)")
+    assert row.endswith("promoted: data/index")
