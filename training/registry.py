@@ -211,8 +211,9 @@ class ModelRegistry:
         path = self.path(kind, version)
         version = path.name
         if kind == "ranker":
+            # a mistyped --index is refused, not given a ranker of its own
+            index_version = IndexLayout(Path(settings.index_dir)).version_dir().name
             serve_ranker(settings.index_dir, path, version)  # verifies it first
-            index_version = IndexLayout(Path(settings.index_dir)).current() or ""
             self._record(kind, settings, "promote", version, index_version)
             logger.info("ranker %s now re-ranks %s", version, settings.index_dir)
             return index_version
@@ -240,6 +241,7 @@ class ModelRegistry:
         data = self._read_promotions(kind)
         stack = list(data["indexes"].get(_index_key(settings), {}).get("stack", []))
         if kind == "ranker":
+            IndexLayout(Path(settings.index_dir)).version_dir()  # there is an index there
             return self._rollback_ranker(settings, stack)
         if not stack:
             fusion = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]

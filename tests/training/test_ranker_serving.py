@@ -202,6 +202,11 @@ def test_cli_train_list_promote_rollback(simulated, index_copy, tmp_path, capsys
     assert f"{test['ranker purchased']:.3f} / {test['similarity purchased']:.3f} " \
            f"({int(test['queries purchased'])})" in row
 
+    # a mistyped index is refused before anything is written there
+    typo = tmp_path / "no-index"
+    assert main(["models", "promote", "ranker", "latest", "--models", str(out), "--index",
+                 str(typo)]) != 0
+    assert "No index at" in capsys.readouterr().err and not typo.exists()
     assert main(["--config", str(config), "models", "promote", "ranker", "latest",
                  "--models", str(out), *where]) == 0
     assert "v0001 now serves" in capsys.readouterr().out
