@@ -10,6 +10,7 @@ on the spot, so priming only changes speed, never results.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -89,10 +90,9 @@ class BatchedSearch:
         self.engine = engine
         self.encoders = {spec: MemoEncoder(enc) for spec, enc in engine.profile.encoders.items()}
         loaded = LoadedProfile(engine.profile.profile, dict(self.encoders))  # type: ignore[arg-type]
-        self.shadow = SearchEngine(folder=engine.folder, manifest=engine.manifest,
-                                   loaded=loaded, records=engine.records,
-                                   vectors=engine.vectors, store=engine.store,
-                                   settings=engine.settings, ranker=engine.ranker)
+        # the same engine (its fusion, fused vectors, store and ranker) with memo encoders
+        self.shadow = copy.copy(engine)
+        self.shadow.profile = loaded
 
     def prime(self, queries: Sequence[tuple[Image.Image | None, str | None]]) -> None:
         """Encodes, in one batch per encoder, every query slot these searches will need.
