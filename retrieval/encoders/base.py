@@ -81,7 +81,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelUnavailableError(
+            f"Unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailableError(
             f"Device {spec!r} was asked for but torch {torch.__version__} sees no CUDA GPU. "
