@@ -392,8 +392,13 @@ def load_catalog(
             cannot be mapped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CatalogError(f"{path} is a folder: give the catalog file in it (CSV, TSV, JSONL "
+                           "or Parquet).")
     if not path.is_file():
         raise CatalogError(f"Catalog file {path} does not exist.")
+    if limit is not None and limit < 1:
+        raise CatalogError(f"limit must be at least 1 row (got {limit}).")
     if mapping is None:
         columns = columns_of(path)
         if not columns:

@@ -135,7 +135,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("recommend", parents=[common], help="similar or complementary items")
     p.add_argument("product_id")
     p.add_argument("--mode", choices=["similar", "complementary"], default="similar")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="number of results (1..200)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_recommend)
 

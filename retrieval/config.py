@@ -75,6 +75,17 @@ class Settings:
     url_retries: int = 2
     hnsw: HnswParams = field(default_factory=HnswParams)
 
+    def __post_init__(self) -> None:
+        least = {"batch_size": 1, "decode_workers": 0, "chroma_port": 1,
+                 "max_image_pixels": 1, "max_image_bytes": 1, "url_retries": 0}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"Setting {name!r} must be at least {low} "
+                                 f"(got {getattr(self, name)}).")
+        if not self.url_timeout_s > 0:  # also refuses NaN
+            raise ValueError(f"Setting 'url_timeout_s' must be a positive number of seconds "
+                             f"(got {self.url_timeout_s}).")
+
     def replace(self, **changes: Any) -> Settings:
         """Returns a copy with ``changes`` applied (``None`` values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

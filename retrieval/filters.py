@@ -7,6 +7,7 @@ filter is. Both are built from the same :class:`Filters`, and the tests check th
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -143,6 +144,20 @@ class Filters:
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+    def check_keys(self, table: ColumnTable) -> None:
+        """Refuses keys the catalog has no column for (a typo such as ``colr=Red`` would
+        otherwise match nothing and look like an empty catalog).
+
+        Raises:
+            FilterError: A key is unknown; the message names the close and the known keys.
+        """
+        known = table.keys()
+        for key in sorted({*self.include, *self.exclude} - set(known)):
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise FilterError(f"Unknown filter {key!r}{hint}: this catalog's filters are "
+                              f"{', '.join(sorted(known))}, price and in_stock.")
 
     def mask(self, table: ColumnTable) -> np.ndarray:
         """Boolean mask over the rows of ``table`` that pass every constraint."""

@@ -65,12 +65,31 @@ class IndexLayout:
         return sorted(names, key=lambda n: int(n[1:]))
 
     def current(self) -> str | None:
-        """The serving version's name, or ``None`` when nothing was ever built."""
+        """The serving version's name, or ``None`` when nothing was ever built.
+
+        Raises:
+            IndexStateError: The root is a file.
+        """
+        self.check_root()
         try:
             name = self.current_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
         return name or None
+
+    def check_root(self) -> None:
+        """Refuses a root that cannot hold an index: a file, or one version's folder.
+
+        Raises:
+            IndexStateError: The root is a file, or a version folder of another index.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise IndexStateError(f"{self.root} is a file, not an index folder: give the "
+                                  "folder that `shopassist ingest` built (or a new one).")
+        if self.root.parent.name == "versions" and (self.root / "manifest.json").is_file():
+            owner = self.root.parent.parent
+            raise IndexStateError(f"{self.root} is version {self.root.name} of the index at "
+                                  f"{owner}: give --index {owner}.")
 
     def version_dir(self, version: str | None = None) -> Path:
         """The folder of ``version`` (default: the serving one).
@@ -104,6 +123,7 @@ class IndexLayout:
 
     def start_build(self) -> tuple[str, Path]:
         """Reserves the next version and returns its name and its private build folder."""
+        self.check_root()
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self.remove_dead_builds()
         version = self.next_version()

@@ -23,7 +23,7 @@ import numpy as np
 
 from retrieval.filters import Filters
 from retrieval.ranker_features import QueryFacts
-from retrieval.search import SearchEngine, SearchHit, SearchResult
+from retrieval.search import SearchEngine, SearchHit, SearchResult, check_k
 
 DUPLICATE_COSINE = 0.999
 CO_BONUS = 0.5  # added to a complement's score at the strongest co-interaction
@@ -42,7 +42,9 @@ def similar(engine: SearchEngine, product_id: str, k: int = 10,
 
     Raises:
         KeyError: Unknown product id.
+        ValueError: ``k`` outside 1..200.
     """
+    check_k(k)
     product = engine.product(product_id)
     query = engine.vectors_of(product.product_id)
     row = engine.row_of[product.product_id]
@@ -91,7 +93,9 @@ def complementary(engine: SearchEngine, product_id: str, k: int = 10,
 
     Raises:
         KeyError: Unknown product id.
+        ValueError: ``k`` outside 1..200.
     """
+    check_k(k)
     product = engine.product(product_id)
     me = engine.row_of[product.product_id]
     by_category, by_subcategory = load_rules(rules_file)

@@ -64,6 +64,16 @@ SLOT_LABELS = {"image": "looks like the photo", "colour": "colours match",
                "text": "matches the words"}
 
 
+def check_k(k: int) -> None:
+    """Refuses a result count outside 1..``MAX_K`` (search and recommendations alike).
+
+    Raises:
+        ValueError: ``k`` is out of range.
+    """
+    if not 1 <= int(k) <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K} (got {k}).")
+
+
 @dataclass(frozen=True)
 class PreparedPhoto:
     """A query photo after the checks, in each preparation the image slots need."""
@@ -153,7 +163,15 @@ class SearchEngine:
         self.row_of = {p.product_id: i for i, p in enumerate(self.products)}
         self.exact_only = False  # a variant (:meth:`variant`) never asks the ANN index
         self._float32: dict[str, np.ndarray] = {}  # variants' whole-catalog slot vectors
-        self._use_fusion(fusion_from_manifest(manifest, folder))
+        try:
+            fusion = fusion_from_manifest(manifest, folder)
+        except ArtifactError as exc:
+            root = folder.parent.parent
+            raise IndexStateError(
+                f"The fusion head of index version {self.version} cannot be used: {exc} Serve "
+                f"the previous one with `shopassist models rollback fusion --index {root}` (or "
+                "promote another with `shopassist models promote fusion VERSION`).") from None
+        self._use_fusion(fusion)
         self.vocabulary = Vocabulary(manifest.get("vocabulary", {}))
         self.parser = QueryParser(self.vocabulary)
         self.limits = ImageLimits(max_pixels=settings.max_image_pixels,
@@ -371,9 +389,9 @@ class SearchEngine:
         Raises:
             ValueError: ``k`` out of range, or neither image, text nor filters given.
             ImageError: The photo is unreadable or refused.
+            FilterError: An explicit filter names a key the catalog does not have.
         """
-        if not 1 <= int(k) <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K} (got {k}).")
+        check_k(k)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         plan = self.understand(image, text, filters, parse_text=parse_text, relax=relax,
@@ -426,6 +444,7 @@ class SearchEngine:
         t0 = time.perf_counter()
         parsed = self.parser.parse(text) if (text and parse_text) else None
         explicit = filters or Filters()
+        explicit.check_keys(self.table)
         read = parsed.filters if parsed else Filters()
         query_image = self.prepare_image(image) if image is not None else None
         timings["decode"] = _ms(t0)

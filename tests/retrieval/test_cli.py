@@ -84,6 +84,41 @@ def test_user_errors_exit_2_with_a_message(cli_env, capsys, tmp_path):
     assert code == 2 and "FIELD=COLUMN" in err
 
 
+def test_mistyped_arguments_are_refused_before_any_work(cli_env, capsys, tmp_path):
+    catalog = write_catalog(tmp_path / "cat", n=8)
+    # A folder, a negative limit or a zero batch size: refused, and no index is started.
+    code, _, err = _run(capsys, "ingest", str(catalog.parent))
+    assert code == 2 and "is a folder" in err and "catalog file in it" in err
+    code, _, err = _run(capsys, "ingest", str(catalog), "--limit", "-5")
+    assert code == 2 and "limit must be at least 1" in err
+    code, _, err = _run(capsys, "ingest", str(catalog), "--batch-size", "0")
+    assert code == 2 and "'batch_size' must be at least 1" in err
+    code, _, err = _run(capsys, "ingest", str(catalog), "--device", "gpu")
+    assert code == 2 and "Unknown device 'gpu'" in err
+    assert not (tmp_path / "index").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not an index")
+    code, _, err = _run(capsys, "ingest", str(catalog), "--index", str(a_file))
+    assert code == 2 and "is a file, not an index folder" in err
+    assert a_file.read_text() == "not an index"
+
+    assert _run(capsys, "ingest", str(catalog))[0] == 0
+    version = tmp_path / "index" / "versions" / "v0001"
+    code, _, err = _run(capsys, "search", "--text", "shirt", "--index", str(version))
+    assert code == 2 and f"give --index {tmp_path / 'index'}" in err
+    code, _, err = _run(capsys, "search", "--text", "shirt", "--index", str(a_file))
+    assert code == 2 and "is a file" in err
+    # A mistyped filter key used to match nothing, like an empty catalog.
+    code, _, err = _run(capsys, "search", "--text", "shirt", "--filter", "colr=Red")
+    assert code == 2 and "Unknown filter 'colr' (did you mean colour?)" in err
+    for k in ("0", "-3", "201"):
+        code, _, err = _run(capsys, "recommend", "P0001", "--k", k)
+        assert code == 2 and "k must be between 1 and 200" in err
+        code, _, err = _run(capsys, "recommend", "P0001", "--k", k, "--mode",
+                            "complementary")
+        assert code == 2 and "k must be between 1 and 200" in err
+
+
 def test_ingest_with_a_column_mapping(cli_env, capsys, tmp_path):
     catalog = tmp_path / "shop.csv"
     images = tmp_path / "img"

@@ -19,7 +19,7 @@ from retrieval.fusion_head import (
     save_head,
 )
 from retrieval.ingest import ingest
-from retrieval.manifest import IndexLayout, read_manifest
+from retrieval.manifest import IndexLayout, IndexStateError, read_manifest
 from retrieval.refuse import refuse
 from retrieval.search import SearchEngine
 
@@ -336,3 +336,15 @@ def test_tag_memory_votes_a_products_tags_by_its_neighbours(tmp_path):
         assert meta["architecture"]["memory"] == 4
         torch.testing.assert_close(loaded({"a": photos}), remembering({"a": photos}))
         assert loaded.memory_tags.tolist() == tags.tolist()
+
+
+def test_a_damaged_head_in_the_index_says_how_to_serve_again(tmp_path, settings,
+                                                             clip_profile, catalog):
+    ingest(catalog, settings=settings, profile=clip_profile, progress=False)
+    refuse(settings, save_head(_head(_index_slots(clip_profile)), tmp_path / "head"),
+           show=False)
+    weights = IndexLayout(settings.index_dir).version_dir() / "fusion_head" / "head.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(IndexStateError, match="models rollback fusion") as caught:
+        SearchEngine.open(settings=settings, profile=clip_profile)
+    assert "does not match the sha256" in str(caught.value)
