@@ -186,10 +186,8 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except UnicodeDecodeError as exc:
                 raise _not_utf8(path, exc) from None
     elif suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         number = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for batch in _parquet(path).iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 number += 1
                 yield number, row
@@ -198,6 +196,17 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             f"Unsupported catalog format {path.suffix!r} ({path}). Use .csv, .tsv, .jsonl or "
             ".parquet."
         )
+
+
+def _parquet(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise CatalogError(f"Catalog file {path} is not a readable Parquet file ({exc}). "
+                           "Export it again, or as CSV.") from None
 
 
 def _open_text(path: Path) -> TextIO:
@@ -246,10 +255,8 @@ def columns_of(path: Path) -> list[str]:
             except UnicodeDecodeError as exc:
                 raise _not_utf8(path, exc) from None
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         # pandas may store its index as __index_level_0__: not a column of ours.
-        return [c for c in pq.ParquetFile(path).schema_arrow.names if not c.startswith("__")]
+        return [c for c in _parquet(path).schema_arrow.names if not c.startswith("__")]
     columns: dict[str, None] = {}
     for _, row in read_rows(path):
         if "__error__" not in row:
@@ -292,8 +299,15 @@ def load_mapping(spec: str | Path) -> ColumnMapping:
         raise CatalogError(
             f"Mapping {spec!r} is neither a named mapping ({', '.join(NAMED_MAPPINGS)}) nor a file."
         )
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"Mapping file {path} is not valid {kind} ({exc}).") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"Mapping file {path} must hold a table with [fields] (got a "
+                           f"{type(data).__name__}).")
     return mapping_from_dict(data, name=path.stem)
 
 

@@ -280,6 +280,17 @@ def test_mapping_that_is_neither_name_nor_file(tmp_path: Path) -> None:
         load_mapping(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("m.toml", 'name = "x"\n[fields\n', r"m\.toml is not valid TOML"),
+    ("m.json", "{bad", r"m\.json is not valid JSON"),
+    ("m.json", "[1]", r"m\.json must hold a table with \[fields\] \(got a list\)"),
+])
+def test_a_broken_mapping_file_is_named(tmp_path: Path, name: str, text: str,
+                                        message: str) -> None:
+    with pytest.raises(CatalogError, match=message):
+        load_mapping(write(tmp_path / name, text))
+
+
 def test_mapping_unknown_field() -> None:
     with pytest.raises(CatalogError, match=r"Unknown field\(s\) \['sku'\]"):
         mapping_from_dict({"fields": {"product_id": "a", "title": "b", "sku": "c"}})
@@ -390,6 +401,15 @@ def test_in_stock_formats(tmp_path: Path, raw: str, value: bool) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="does not exist"):
         load_catalog(tmp_path / "nope.csv")
+
+
+def test_a_folder_or_a_damaged_parquet_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="is a folder: give the catalog file in it"):
+        load_catalog(tmp_path)
+    broken = tmp_path / "c.parquet"
+    broken.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(CatalogError, match=r"c\.parquet is not a readable Parquet file"):
+        load_catalog(broken)
 
 
 def test_unsupported_format(tmp_path: Path) -> None:
