@@ -12,6 +12,7 @@ import argparse
 import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,12 +109,42 @@ def _check_index(args: argparse.Namespace) -> None:
             f"--index {settings.index_dir}` (or `shopassist demo`), then serve it.")
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Runs the app until it exits or Ctrl-C."""
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port {args.port} is not a port number (1..65535).")
+def _check_port(host: str, port: int) -> None:
+    """Refuses a port that is out of range or already taken, before anything starts
+    (Streamlit would print the URL and then fail with "Port N is not available")."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port {port} is not a port number (1..65535).")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}): another "
+                             "program (or Shop Assistant) holds the port, or the host is not "
+                             "an address of this machine. Pick another with --port N or "
+                             "--host.") from None
+
+
+def _check_app_settings(args: argparse.Namespace) -> None:
+    """Reads the app's settings as the app will, so that a bad ``[assistant]`` table or LLM
+    spec fails here, not on the shopper's first message."""
+    from assistant.config import load_assistant_settings
+    from assistant.llm import parse_spec
+
+    parse_spec(load_assistant_settings(getattr(args, "config", None), llm=args.llm).llm)
+
+
+def _check_serving(args: argparse.Namespace) -> None:
     if getattr(args, "config", None):
         os.environ["SHOPASSIST_CONFIG"] = str(args.config)
+    _check_port(args.host, args.port)
+    _check_app_settings(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Runs the app until it exits or Ctrl-C."""
+    _check_serving(args)
     _check_index(args)
     if args.host not in LOOPBACK:
         print(f"warning: listening on {args.host}: the shop is reachable from the network. "
@@ -157,6 +188,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from retrieval.ingest import ingest
 
     catalog = Path(args.catalog)
+    if not args.no_serve:  # before minutes of indexing
+        _check_serving(args)
     if not catalog.is_file():
         raise FileNotFoundError(
             f"Demo catalog {catalog} not found (it comes with ../shared/data). Point the demo "

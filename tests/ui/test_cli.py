@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -84,6 +85,33 @@ def test_serve_runs_streamlit_with_the_settings(cli_env, fake_child, capsys, tmp
 def test_serve_without_an_index_says_how_to_build_one(cli_env, fake_child, capsys):
     assert main(["serve", "--index", "nowhere"]) == 2
     assert "shopassist ingest" in capsys.readouterr().err and not fake_child
+
+
+def test_serve_refuses_a_taken_port_and_a_bad_llm_before_starting(cli_env, fake_child,
+                                                                  capsys, tmp_path,
+                                                                  monkeypatch):
+    from retrieval.config import load_settings
+    from retrieval.ingest import ingest
+
+    ingest(write_catalog(tmp_path / "cat", n=8), settings=load_settings(None), progress=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--index", "index", "--port", port]) == 2
+        err = capsys.readouterr().err
+        assert f"Cannot listen on 127.0.0.1:{port}" in err and "--port N" in err
+        catalog = write_catalog(tmp_path / "cat2", n=4)
+        assert main(["demo", "--catalog", str(catalog), "--port", port]) == 2
+        assert "Cannot listen" in capsys.readouterr().err
+    assert main(["serve", "--index", "index", "--llm", "bogus:xyz"]) == 2
+    assert "Unknown LLM spec 'bogus:xyz'" in capsys.readouterr().err
+    (tmp_path / "shop.toml").write_text("[assistant]\nexplore = 2\n")
+    monkeypatch.setenv("SHOPASSIST_CONFIG", "shop.toml")
+    assert main(["serve", "--index", "index"]) == 2
+    assert "explore" in capsys.readouterr().err
+    assert not fake_child  # nothing started, and the demo indexed nothing
+    assert not (tmp_path / "index" / "versions" / "v0002").exists()
 
 
 def test_demo_without_the_shared_catalog_says_how_to_use_any(cli_env, fake_child, capsys):
