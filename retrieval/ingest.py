@@ -362,7 +362,7 @@ def ingest(
 
 def serving_fusion(manifest: dict[str, Any] | None, layout: IndexLayout) -> Fusion | None:
     """The learned fusion head of the serving version, if it has one: a catalog update
-    keeps the trained head (``shopassist refuse --fusion concat`` drops it)."""
+    keeps the trained head (``shopassist models rollback fusion`` drops it)."""
     if manifest is None or manifest.get("fusion", {}).get("kind") != "learned-head":
         return None
     try:

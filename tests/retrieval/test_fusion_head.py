@@ -348,3 +348,6 @@ def test_a_damaged_head_in_the_index_says_how_to_serve_again(tmp_path, settings,
     with pytest.raises(IndexStateError, match="models rollback fusion") as caught:
         SearchEngine.open(settings=settings, profile=clip_profile)
     assert "does not match the sha256" in str(caught.value)
+    # What the rollback does with no earlier head: re-fuse without it, and serve again.
+    refuse(settings, None, show=False)
+    assert SearchEngine.open(settings=settings, profile=clip_profile).search(text="red", k=3).hits
