@@ -9,6 +9,8 @@ variables, then explicit overrides (``None`` ignored).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import typing
@@ -18,6 +20,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 DEFAULT_CONFIG_FILE = Path("shopassist.toml")
+# Every [train.<name>] table something reads; another name is a typo.
+TRAIN_TABLES = ("fusion", "ranker")
 
 
 def coerce(value: Any, hint: Any, name: str, where: str) -> Any:
@@ -69,6 +73,25 @@ def check_fractions(fractions: tuple[float, ...]) -> None:
                          f"(got {fractions}).")
 
 
+def check_numbers(config: Any, *, at_least_one: tuple[str, ...] = ()) -> None:
+    """Raises ValueError when a float field of the dataclass ``config`` (or a number of a
+    tuple field) is not finite, or an integer field named in ``at_least_one`` is below 1.
+
+    A NaN or infinite learning rate, loss weight or clip trains a head whose weights are
+    all NaN, which search would then serve.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ValueError(f"{f.name} must be a finite number (got {value!r}).")
+    small = [f"{name} = {getattr(config, name)}" for name in at_least_one
+             if getattr(config, name) < 1]
+    if small:
+        raise ValueError(f"{', '.join(small)}: {', '.join(at_least_one)} must each be at "
+                         "least 1.")
+
+
 def apply_values(base: T, values: Mapping[str, Any], where: str) -> T:
     """A copy of the dataclass ``base`` with ``values`` converted to its field types.
 
@@ -107,7 +130,7 @@ def load_section(cls: type[T], section: str, env_prefix: str,
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"Config file {path} is not valid TOML: {exc}.") from None
-        table = data.get("train", {}).get(section, {})
+        table = _train_tables(data, path).get(section, {})
         if not isinstance(table, dict):
             raise ValueError(f"In {path}, [train.{section}] must be a table.")
         config = apply_values(config, table, f"{path} [train.{section}]")
@@ -118,3 +141,19 @@ def load_section(cls: type[T], section: str, env_prefix: str,
         config = apply_values(config, from_env, "the environment")
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(config, **changes) if changes else config  # type: ignore[type-var]
+
+
+def _train_tables(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+    """The ``[train.*]`` tables of a config file, after refusing a mistyped one (a
+    ``[train.fusoin]`` table used to be ignored, and its settings with it)."""
+    train = data.get("train", {})
+    if not isinstance(train, dict):
+        raise ValueError(f"In {path}, train must be tables such as [train.fusion] or "
+                         f"[train.ranker] (got train = {train!r}).")
+    for name in train:
+        if name not in TRAIN_TABLES:
+            close = difflib.get_close_matches(name, TRAIN_TABLES, n=1)
+            hint = f"did you mean [train.{close[0]}]? " if close else ""
+            raise ValueError(f"Unknown table [train.{name}] in {path}; {hint}known: "
+                             f"{', '.join(f'[train.{t}]' for t in TRAIN_TABLES)}.")
+    return train

@@ -19,6 +19,7 @@ from typing import Any
 from training.config_tables import (
     apply_values,
     check_fractions,
+    check_numbers,
     check_precision,
     load_section,
 )
@@ -139,6 +140,15 @@ class FusionConfig:
     memory_tau: float = 0.05
 
     def __post_init__(self) -> None:
+        check_numbers(self, at_least_one=("dim", "hidden", "epochs", "patience",
+                                          "texts_per_product"))
+        if self.lr <= 0 or self.temperature <= 0 or self.max_minutes <= 0:
+            raise ValueError(f"lr, temperature and max_minutes must be positive (got lr = "
+                             f"{self.lr}, temperature = {self.temperature}, max_minutes = "
+                             f"{self.max_minutes}).")
+        if not 0.0 <= self.dropout < 1.0 or self.warmup_steps < 0:
+            raise ValueError(f"dropout is in [0, 1) and warmup_steps at least 0 (got "
+                             f"{self.dropout}, {self.warmup_steps}).")
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {', '.join(MONITORS)} "
                              f"(got {self.monitor!r}).")

@@ -17,6 +17,7 @@ from typing import Any
 from training.config_tables import (
     apply_values,
     check_fractions,
+    check_numbers,
     check_precision,
     load_section,
 )
@@ -110,6 +111,8 @@ class RankerConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        check_numbers(self, at_least_one=("hidden", "tower", "embed_dim", "epochs",
+                                          "patience", "candidates", "list_size"))
         for name, value, known in (("monitor", self.monitor, MONITORS),
                                    ("conversion", self.conversion, CONVERSIONS),
                                    ("history", self.history, HISTORIES)):
@@ -122,8 +125,13 @@ class RankerConfig:
         if self.batch_size < 2 or self.epochs < 1 or self.buckets < 2:
             raise ValueError("batch_size must be at least 2, epochs at least 1 and buckets "
                              "at least 2.")
-        if self.candidates < 1 or self.list_size < 1:
-            raise ValueError("candidates and list_size must be at least 1.")
+        if self.lr <= 0 or self.max_weight < 1 or self.max_minutes <= 0:
+            raise ValueError(f"lr and max_minutes must be positive and max_weight at least 1 "
+                             f"(got lr = {self.lr}, max_minutes = {self.max_minutes}, "
+                             f"max_weight = {self.max_weight}).")
+        if not 0.0 <= self.dropout < 1.0 or self.warmup_steps < 0 or self.threads < 0:
+            raise ValueError(f"dropout is in [0, 1), warmup_steps and threads at least 0 "
+                             f"(got {self.dropout}, {self.warmup_steps}, {self.threads}).")
         check_precision(self.mixed_precision)
         check_fractions(self.fractions)
 
