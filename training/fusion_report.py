@@ -136,18 +136,23 @@ def evaluate_session_log(index_dir: str | Path, artifact: str | Path | None, set
         history: Whose earlier lists the ranker sees (default: as it was trained).
 
     Raises:
-        ValueError: The log was simulated against another fusion than this index's, or
-            holds none of the truth's queries.
+        ValueError: The log holds no search sessions, was simulated against another
+            fusion than this index's, or holds none of the truth's queries; the truth file
+            is not one.
     """
     from assistant.eventlog import EventLog
     from retrieval.progress import progress
     from retrieval.ranker import Reranker as RankingModel
     from retrieval.search import SearchEngine
     from training.datasets import impressions_table
-    from training.session_eval import evaluate_sessions
+    from training.session_eval import NO_SESSIONS, evaluate_sessions
     from training.truth import SimulationTruth
 
     truth = SimulationTruth.load(truth_path)
+    with EventLog.open(log_url, create=False) as log:
+        frame = impressions_table(log)
+    if frame.empty:  # before the index is opened
+        raise ValueError(NO_SESSIONS.format(log=f"The event log {log_url}"))
     engine = SearchEngine.open(index_dir, settings=settings)
     simulated_with = truth.index.get("fusion")
     free = training_free_fusion(engine.manifest)
@@ -173,8 +178,6 @@ def evaluate_session_log(index_dir: str | Path, artifact: str | Path | None, set
         model = RankingModel.load(ranker)
         systems[f"{base_name} + ranker {Path(ranker).name}"] = base.variant(ranker=model)
         history = history or str(model.meta.get("config", {}).get("history", "user"))
-    with EventLog.open(log_url, create=False) as log:
-        frame = impressions_table(log)
     total = frame["query_id"].nunique()
     total = total if max_queries is None else min(total, max_queries)
     with progress(total=total, desc="held-out sessions", unit="query", show=show) as bar:

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 WAVE = 64  # queries encoded per batch
 K = 10  # results judged per query
+NO_SESSIONS = ("{log} holds no search sessions to judge (no query with results shown; "
+               "purged?): simulate some with `shopassist simulate --db LOG --seed N` (a seed "
+               "the models were not trained on) and pass that log.")
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,13 @@ def evaluate_sessions(reference: SearchEngine, systems: Mapping[str, SearchEngin
         progress: Called with the number of queries done after each wave.
 
     Raises:
-        ValueError: The log holds no query the truth knows (not the simulation's log).
+        ValueError: The log holds no search sessions (``frame`` is empty: a purged log), or
+            no query the truth knows (not the simulation's log).
     """
+    if frame.empty:
+        raise ValueError(NO_SESSIONS.format(log="The event log"))
     qids = frame["query_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]]) if len(frame) else \
-        np.zeros(0, dtype=int)
+    starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
     ends = np.r_[starts[1:], len(frame)]
     known = [(s, e) for s, e in zip(starts, ends, strict=True) if qids[s] in truth.queries]
     if not known:
