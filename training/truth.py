@@ -10,6 +10,7 @@ what training recovered.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 200:
             raise ValueError(f"k must be between 1 and 200 (got {self.k}).")
-        if self.eta < 0:
+        if not 0 <= self.eta < math.inf:  # NaN too
             raise ValueError(f"eta must be >= 0 (got {self.eta}); 0 means no position bias.")
         for name in ("explore", "photo_rate", "refine_rate", "price_cap_rate", "colour_rate",
                      "style_rate", "patience", "purchase_ends_session"):
@@ -189,9 +190,13 @@ class Shopper:
 class SimulationTruth:
     """What a simulation run did and why: its settings, shoppers, queries and counts.
 
+    A log may hold several runs (``shopassist simulate --append``, each with its own seed,
+    the same settings and index): their truth is one file, every run's shoppers, queries and
+    photos together, and ``runs`` lists them.
+
     Attributes:
-        seed: The run's seed (with the same index and settings, the same log).
-        sessions: Sessions simulated.
+        seed: The (first) run's seed (with the same index and settings, the same log).
+        sessions: Sessions simulated (by every run).
         config: The behaviour settings.
         shoppers: Every shopper, by position (``Shopper.shopper_id`` is the log's user id).
         index: The index searched: ``version``, ``folder``, ``products``, ``fusion``.
@@ -200,7 +205,10 @@ class SimulationTruth:
             product photographed), ``refinement`` and ``shuffled``.
         photos: Upload ref -> ``product_id``, ``source`` (the file perturbed) and ``seed``
             (of :func:`training.photos.shopper_photo`), to regenerate each query photo.
-        summary: The counts of :class:`training.simulate.SimulationSummary`.
+        summary: The counts of :class:`training.simulate.SimulationSummary` (of every
+            run); ``interrupted`` when a run stopped before its last session.
+        runs: Each run's ``seed``, ``sessions`` and ``summary``, in order, when more than
+            one wrote the log (empty: the one run above).
     """
 
     seed: int
@@ -211,6 +219,7 @@ class SimulationTruth:
     queries: dict[str, dict[str, Any]] = field(default_factory=dict)
     photos: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
     format: int = TRUTH_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,7 +227,8 @@ class SimulationTruth:
                 "eta": self.config.eta, "examination": self.config.examination(),
                 "config": self.config.to_dict(),
                 "shoppers": [s.to_dict() for s in self.shoppers], "index": self.index,
-                "queries": self.queries, "photos": self.photos, "summary": self.summary}
+                "queries": self.queries, "photos": self.photos, "summary": self.summary,
+                "runs": self.runs}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationTruth:
@@ -229,7 +239,8 @@ class SimulationTruth:
                    config=SimConfig.from_dict(data["config"]),
                    shoppers=[Shopper.from_dict(s) for s in data["shoppers"]],
                    index=dict(data["index"]), queries=dict(data["queries"]),
-                   photos=dict(data["photos"]), summary=dict(data["summary"]))
+                   photos=dict(data["photos"]), summary=dict(data["summary"]),
+                   runs=list(data.get("runs", [])))
 
     def save(self, path: str | Path) -> Path:
         """Writes the truth as JSON (the folder is created); returns the path."""
@@ -247,9 +258,57 @@ class SimulationTruth:
 
         Raises:
             FileNotFoundError: No file there.
-            ValueError: Not a simulation truth of this format.
+            ValueError: Not a simulation truth of this format (not JSON, not an object with
+                the fields :meth:`to_dict` writes), or a folder.
         """
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        path = Path(path)
+        what = "the ground truth JSON `shopassist simulate` saved beside its log"
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder: pass {what} (<log name>.truth.json).")
+        if not path.is_file():
+            raise FileNotFoundError(f"No ground truth at {path}: pass {what}.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno} column "
+                             f"{exc.colno}): pass {what}.") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not UTF-8 text: pass {what}.") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a simulation's "
+                             f"truth (an object with seed, config, shoppers, queries...): "
+                             f"pass {what}.")
+        try:
+            return cls.from_dict(data)
+        except KeyError as exc:
+            raise ValueError(f"{path} is not a complete simulation truth (it has no "
+                             f"{exc.args[0]!r}): pass {what}.") from exc
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a simulation truth ({exc}): pass {what}.") from exc
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of every run in the log."""
+        return [int(r["seed"]) for r in self.runs] or [self.seed]
+
+    def conflicts(self, run: SimulationTruth) -> list[str]:
+        """Why ``run`` cannot be appended to this truth (empty: it can).
+
+        One file holds one behaviour and one index, and ids are made from the seed, so a
+        later run into the same log must use the same settings and index and a new seed.
+        """
+        out = []
+        if run.seed in self.seeds:
+            out.append(f"seed {run.seed} was simulated already (seeds {self.seeds})")
+        mine, theirs = self.config.to_dict(), run.config.to_dict()
+        out += [f"{name}: {mine[name]!r} in the earlier runs, {theirs[name]!r} now"
+                for name in mine if mine[name] != theirs[name]]
+        out += [f"index {name}: {self.index.get(name)!r} in the earlier runs, "
+                f"{run.index.get(name)!r} now" for name in ("version", "fusion", "products")
+                if self.index.get(name) != run.index.get(name)]
+        return out
 
     def shopper(self, shopper_id: str) -> Shopper:
         """The shopper with this id.
