@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,10 +240,16 @@ def build_dataset(log: EventLog, *, max_weight: float = 10.0, method: str = "aut
         The dataset.
 
     Raises:
-        ValueError: The log holds no impressions, or no click at rank 1, bad fractions or
-            an unknown method.
+        ValueError: The log holds no impressions, or no click at rank 1, bad fractions,
+            a ``max_weight`` that is not a finite number of at least 1, or an unknown
+            method.
     """
     fractions = _check_fractions(fractions)
+    if not math.isfinite(max_weight) or max_weight < 1:
+        # NaN passed every comparison and gave NaN weights, hence a NaN ranker.
+        raise ValueError(f"--max-weight clips inverse-propensity weights and must be a "
+                         f"finite number of at least 1 (got {max_weight}); the default is "
+                         "10.")
     frame = impressions_table(log)
     if frame.empty:
         raise ValueError(f"The event log at {log.url} holds no impressions; log searches "
@@ -336,11 +343,19 @@ def write_dataset(dataset: Dataset, out: str | Path,
     """Writes ``impressions.parquet``, ``propensities.parquet``, optionally
     ``catalog_pairs.parquet``, and ``dataset.json`` into ``out``.
 
+    A dataset file of an earlier build that this one does not write (``catalog_pairs``
+    without ``products``) is removed, so a reused folder never mixes two builds.
+
     Returns:
         Table name -> file written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if products is None:
+        stale = out / "catalog_pairs.parquet"
+        if stale.is_file():
+            logger.info("removing %s of an earlier build", stale)
+            stale.unlink()
     meta = {"snapshot_id": dataset.snapshot_id, "format": str(DATASET_FORMAT)}
     files = {"impressions": out / "impressions.parquet",
              "propensities": out / "propensities.parquet"}
