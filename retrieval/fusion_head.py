@@ -469,6 +469,18 @@ def read_verified(folder: str | Path, config: str, weights: str, *, kind: str, f
     return meta, path
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], folder: str | Path, command: str
+                 ) -> None:
+    """Raises ArtifactError when a weight of the artifact in ``folder`` is NaN or infinite
+    (a run that diverged): serving it would score every product NaN."""
+    bad = sorted(k for k, v in tensors.items()
+                 if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ArtifactError(f"The artifact {folder} has non-finite weights ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}): its training diverged. Do "
+                            f"not serve it; retrain with a lower lr (`{command}`).")
+
+
 def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
     """Loads and verifies a fusion head artifact.
 
@@ -481,9 +493,11 @@ def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
     config = HeadConfig.from_dict(meta["architecture"])
     head = FusionHead(config)
     try:
-        head.load_state_dict(load_file(str(path)))
+        tensors = load_file(str(path))
+        head.load_state_dict(tensors)
     except (SafetensorError, RuntimeError) as exc:
         raise ArtifactError(f"{path} does not fit its recorded architecture ({exc}).") from None
+    check_finite(tensors, folder, "shopassist train fusion")
     head.eval()
     return head, meta
 

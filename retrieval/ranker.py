@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from retrieval.cointeraction import CoInteraction
-from retrieval.fusion_head import ArtifactError, read_verified
+from retrieval.fusion_head import ArtifactError, check_finite, read_verified
 from retrieval.ranker_features import (
     ATTRIBUTES,
     History,
@@ -189,6 +189,8 @@ def load_ranker(folder: str | Path) -> tuple[RankingHead, dict[str, Any], CoInte
             if "cointeraction" in meta else None
     except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"{path} does not fit its recorded architecture ({exc}).") from None
+    check_finite({k: v for k, v in tensors.items() if k.startswith("model.")}, folder,
+                 "shopassist train ranker")
     model.eval()
     return model, meta, co
 

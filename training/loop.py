@@ -20,13 +20,29 @@ from training.fusion_checkpoint import save_checkpoint
 logger = logging.getLogger(__name__)
 
 
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the weights are lost, nothing is registered."""
+
+
 def finish_step(accelerator: Any, loss: torch.Tensor, parts: Mapping[str, torch.Tensor],
                 optimizer: Any, scheduler: Any, state: dict[str, Any], *, epoch: int,
                 main: bool, history: dict[str, list[dict[str, Any]]],
                 sums: dict[str, float], bar: Any) -> None:
     """Back-propagates ``loss`` and steps the optimiser and schedule; on the main process
     records the step (loss, its ``parts``, learning rate) in ``history``, adds it to the
-    epoch's ``sums`` and advances the progress ``bar``."""
+    epoch's ``sums`` and advances the progress ``bar``.
+
+    Raises:
+        TrainingDiverged: ``loss`` is not finite (a step would make every weight NaN).
+    """
+    # A CPU-GPU sync point, once per step: a NaN step poisons every later one, and the
+    # head would be registered and served with NaN weights.
+    if not bool(torch.isfinite(loss.detach())):
+        raise TrainingDiverged(
+            f"The training loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+            f"{state['step'] + 1} (learning rate {scheduler.get_last_lr()[0]:g}): training "
+            "diverged and nothing was registered. Lower lr (or the loss weights) in the "
+            "config's [train.*] table and train again without --resume.")
     accelerator.backward(loss)
     optimizer.step()
     scheduler.step()
@@ -48,8 +64,8 @@ def close_epoch(state: dict[str, Any], *, value: float, metrics: Mapping[str, An
                 sums: Mapping[str, float], steps_per_epoch: int, config: Any,
                 checkpointed: torch.nn.Module, best_of: torch.nn.Module,
                 best_state: dict[str, torch.Tensor] | None, optimizer: Any, scheduler: Any,
-                snapshot: str, ckpt_dir: Path) -> tuple[dict[str, torch.Tensor] | None,
-                                                        str | None]:
+                snapshot: str, ckpt_dir: Path, extra: Mapping[str, Any] | None = None
+                ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """Records an epoch's validation ``value``, keeps the best weights and checkpoints.
 
     Args:
@@ -65,6 +81,7 @@ def close_epoch(state: dict[str, Any], *, value: float, metrics: Mapping[str, An
         optimizer, scheduler: Their states go in the checkpoint.
         snapshot: The training data's snapshot id.
         ckpt_dir: Where the checkpoint goes.
+        extra: More of the run's identity for the checkpoint (what ``--resume`` checks).
 
     Returns:
         The best weights, and why to stop (``early-stopped``, ``time-budget``) or ``None``.
@@ -87,7 +104,8 @@ def close_epoch(state: dict[str, Any], *, value: float, metrics: Mapping[str, An
     save_checkpoint(ckpt_dir, model=checkpointed.state_dict(), best=best_state,
                     optimizer=optimizer.state_dict(), meta={
                         **state, "config": config.to_dict(), "data_snapshot": snapshot,
-                        "scheduler": scheduler.state_dict(), "finished": False})
+                        "scheduler": scheduler.state_dict(), "finished": False,
+                        **dict(extra or {})})
     if state["bad_epochs"] >= config.patience:
         return best_state, "early-stopped"
     if state["train_seconds"] > config.max_minutes * 60:
