@@ -175,8 +175,8 @@ def make_optimizer(objective: FusionObjective, config: FusionConfig, total_steps
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, where: Path
-                  ) -> None:
+def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, where: Path,
+                  trained_on: dict[str, Any] | None = None) -> None:
     if meta.get("finished"):
         raise CheckpointError(f"The checkpoint in {where} is of a finished run (artifact "
                               f"{meta.get('artifact')}); train again without --resume.")
@@ -192,6 +192,11 @@ def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, whe
         raise CheckpointError(f"The checkpoint in {where} was trained on other data "
                               f"(snapshot {meta.get('data_snapshot')}, now {snapshot}); start "
                               "a new run without --resume.")
+    old_on = meta.get("trained_on")
+    if trained_on is not None and old_on is not None and old_on != trained_on:
+        raise CheckpointError(f"The checkpoint in {where} was trained against another index "
+                              f"or rows ({old_on}, now {trained_on}); resume with the same "
+                              "--index, or start a new run without --resume.")
 
 
 def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | Path, *,

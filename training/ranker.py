@@ -132,6 +132,12 @@ def _tensors(data: RankerData, rows: np.ndarray, device: torch.device) -> dict[s
                                                 return_inverse=True)[1]).to(device)}
 
 
+def _index_root(data: RankerData) -> str:
+    """The index root the rows were built against (its version folder's parent)."""
+    folder = data.info.get("index", {}).get("folder")
+    return str(Path(folder).resolve().parent) if folder else ""
+
+
 def lambdas_of(config: RankerConfig) -> tuple[float, float, float, float]:
     return (config.lambda_click, config.lambda_convert, config.lambda_stay,
             config.lambda_list)
@@ -207,10 +213,13 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1,
                              "bad_epochs": 0, "train_seconds": 0.0,
                              "history": {"steps": [], "epochs": []}}
+    # The same dataset against another index gives other rows and features.
+    trained_on = {"index": _index_root(data), "rows": len(data)}
     best_state: dict[str, torch.Tensor] | None = None
     if resume:
         tensors, meta = load_checkpoint(ckpt_dir)
-        _check_resume(meta, config, data.snapshot, ckpt_dir)  # type: ignore[arg-type]
+        _check_resume(meta, config, data.snapshot, ckpt_dir,  # type: ignore[arg-type]
+                      trained_on)
         model.load_state_dict(prefixed(tensors, "model"))
         optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
@@ -259,7 +268,8 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
                 state, value=value, metrics=metrics, sums=sums,
                 steps_per_epoch=steps_per_epoch, config=config, checkpointed=unwrapped,
                 best_of=unwrapped, best_state=best_state, optimizer=optimizer,
-                scheduler=scheduler, snapshot=data.snapshot, ckpt_dir=ckpt_dir)
+                scheduler=scheduler, snapshot=data.snapshot, ckpt_dir=ckpt_dir,
+                extra={"trained_on": trained_on})
         decision = agree_on_stop(accelerator, decision)
         if decision is not None:
             stopped = decision
@@ -306,7 +316,7 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
                     optimizer=optimizer.state_dict(), meta={
                         **{k: state[k] for k in state}, "config": config.to_dict(),
                         "data_snapshot": data.snapshot, "scheduler": scheduler.state_dict(),
-                        "finished": True, "artifact": version})
+                        "finished": True, "artifact": version, "trained_on": trained_on})
     logger.info("ranker %s written to %s (%s after %d epochs, %.0f s training)", version,
                 artifact, stopped, epoch, state["train_seconds"])
     accelerator.wait_for_everyone()

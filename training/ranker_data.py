@@ -35,6 +35,9 @@ from training.ranker_config import RankerConfig
 logger = logging.getLogger(__name__)
 
 TRAIN, VALID, TEST = 0, 1, 2
+# More of the logged impressions than this of products the index lacks: the log (or
+# dataset) is of another catalog or index, and what is left would train a poor ranker.
+MAX_DROPPED_SHARE = 0.5
 
 
 @dataclass
@@ -94,7 +97,7 @@ def load_impressions(source: str, config: RankerConfig) -> tuple[pd.DataFrame, s
     its snapshot id.
 
     Raises:
-        FileNotFoundError: A folder without ``impressions.parquet``.
+        FileNotFoundError: A folder without ``impressions.parquet`` or ``dataset.json``.
         ValueError: A log without impressions.
     """
     if "://" in source:
@@ -104,10 +107,17 @@ def load_impressions(source: str, config: RankerConfig) -> tuple[pd.DataFrame, s
             built = build_dataset(log, max_weight=config.max_weight,
                                   fractions=config.fractions)
         return built.impressions, built.snapshot_id
-    path = Path(source) / "impressions.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with `shopassist dataset --db "
-                                f"URL --out {source}`, or pass --log URL.")
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No dataset folder at {folder}; build one with `shopassist "
+                                f"dataset --db URL --out {source}`, or pass --log URL.")
+    for name in ("dataset.json", "impressions.parquet"):
+        # dataset.json is written last: without it the folder is no finished dataset.
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {folder} is not a finished "
+                                    f"`shopassist dataset` folder; build it with `shopassist "
+                                    f"dataset --db URL --out {source}`, or pass --log URL.")
     snapshot = read_snapshot_id(path)
     if snapshot is None:
         raise ValueError(f"{path} carries no snapshot id; rebuild it with `shopassist "
@@ -146,15 +156,21 @@ def build_ranker_data(frame: pd.DataFrame, view: IndexView, config: RankerConfig
         The rows, in query order.
 
     Raises:
-        ValueError: No impression of an indexed product.
+        ValueError: No impression, or most of them (over ``MAX_DROPPED_SHARE``), of a
+            product in the index: the log is of another catalog or index.
     """
     row_of = {p.product_id: i for i, p in enumerate(view.products)}
     keep = frame["product_id"].isin(row_of).to_numpy()
     dropped = int((~keep).sum())
+    if dropped > MAX_DROPPED_SHARE * len(frame) or not len(frame):
+        raise ValueError(f"{dropped:,} of the {len(frame):,} logged impressions are of "
+                         f"products {view.folder} does not have: the dataset or log is "
+                         "likely of another catalog or index. Pass --index of the index "
+                         "the log was recorded against, or a log of this one.")
+    if dropped:
+        logger.warning("%d of %d logged impressions are of products no longer in %s; "
+                       "training without them", dropped, len(frame), view.folder)
     frame = frame[keep].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError(f"None of the logged impressions is of a product in {view.folder}; "
-                         "train on the log of this index.")
     codes, _ = pd.factorize(frame["query_id"])
     order = np.argsort(codes, kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
