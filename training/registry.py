@@ -37,7 +37,13 @@ from typing import Any
 from retrieval.config import Settings
 from retrieval.fusion_head import ArtifactError, load_head
 from retrieval.manifest import IndexLayout, read_manifest
-from retrieval.ranker import load_ranker, serve_ranker, serving_ranker_dir, stop_serving_ranker
+from retrieval.ranker import (
+    RANKERS_DIR,
+    load_ranker,
+    serve_ranker,
+    serving_ranker_dir,
+    stop_serving_ranker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,10 +199,39 @@ class ModelRegistry:
         stack = record.get("stack", [])
         return stack[-1] if stack else None
 
+    def serving(self, kind: str, version: str, settings: Settings) -> bool:
+        """Whether ``version`` (``latest`` allowed) is promoted for the index of ``settings``
+        and is what the index serves now (the same weights).
+
+        Raises:
+            ValueError: Unknown version.
+        """
+        path = self.path(kind, version)
+        if self.promoted(kind, settings) != path.name:
+            return False
+        try:
+            meta = json.loads((path / _ARTIFACTS[kind][1]).read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if kind == "ranker":
+            served = serving_ranker_dir(settings.index_dir)
+            if served is None or served.name != path.name:
+                return False
+            try:
+                return json.loads((served / _ARTIFACTS[kind][1]).read_text()).get(
+                    "sha256") == meta.get("sha256")
+            except (OSError, json.JSONDecodeError):
+                return False
+        fusion = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]
+        return fusion.get("kind") == "learned-head" and fusion.get("sha256") == meta.get(
+            "sha256")
+
     def promote(self, kind: str, version: str, settings: Settings, *,
                 show: bool | None = None) -> str:
         """Re-fuses the index with ``version`` (a ranker: puts it in front of the index's
-        search) and records it as promoted.
+        search) and records it as promoted; nothing is done when it already serves
+        (:meth:`serving`): promoting it again rebuilt the index and pushed a duplicate on
+        the rollback stack.
 
         Returns:
             The index version now serving.
@@ -210,6 +245,9 @@ class ModelRegistry:
 
         path = self.path(kind, version)
         version = path.name
+        if self.serving(kind, version, settings):
+            logger.info("%s %s already serves %s", kind, version, settings.index_dir)
+            return IndexLayout(Path(settings.index_dir)).version_dir().name
         if kind == "ranker":
             # a mistyped --index is refused, not given a ranker of its own
             index_version = IndexLayout(Path(settings.index_dir)).version_dir().name
@@ -267,12 +305,32 @@ class ModelRegistry:
             stack.pop()
         target = stack[-1] if stack else None
         if target is not None:
-            serve_ranker(settings.index_dir, self.path("ranker", target), target)
+            serve_ranker(settings.index_dir, self._ranker_copy(settings, target), target)
         else:
             stop_serving_ranker(settings.index_dir)
         index_version = IndexLayout(Path(settings.index_dir)).current() or ""
         self._record("ranker", settings, "rollback", target, index_version, stack=stack)
         return target, index_version
+
+    def _ranker_copy(self, settings: Settings, version: str) -> Path:
+        """The artifact of a previously promoted ranker: the models folder's, or the copy
+        the index kept when it was promoted (the models folder's may have been deleted).
+
+        Raises:
+            ValueError: Neither exists (the message says how to go on).
+        """
+        own = self.folder("ranker") / version
+        if own.is_dir():
+            return own
+        kept = Path(settings.index_dir) / RANKERS_DIR / version
+        if kept.is_dir():
+            logger.info("ranker %s is not in %s; using the copy in %s", version,
+                        self.folder("ranker"), kept)
+            return kept
+        raise ValueError(f"Cannot roll back to ranker {version}: it is neither in "
+                         f"{self.folder('ranker')} nor kept in {kept.parent}. Restore it, or "
+                         "promote another ranker (`shopassist models promote ranker "
+                         "VERSION`); nothing was changed.")
 
     def _record(self, kind: str, settings: Settings, action: str, version: str | None,
                 index_version: str, stack: list[str] | None = None) -> None:
