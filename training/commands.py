@@ -16,10 +16,14 @@ imports happen inside the handlers, so ``shopassist --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from retrieval.paths import output_folder
 
 DEFAULT_MODELS = "models"
 DEFAULT_CACHE = "data/cache/fusion"
@@ -28,10 +32,7 @@ KINDS = ("fusion", "ranker")  # as training.registry.KINDS (not imported: --help
 
 def register(sub: Any) -> None:
     """Entry point for ``shopassist.commands``: ``train``, ``models``, ``eval``."""
-    config = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: the top-level --config (same TOML file) is kept when this one is not given.
-    config.add_argument("--config", default=argparse.SUPPRESS,
-                        help="TOML file with [train.fusion] (and [retrieval]) tables")
+    config = _config_parent("[train.fusion] (and [retrieval]) tables")
     index = argparse.ArgumentParser(add_help=False)
     index.add_argument("--index", help="index folder (default: settings.index_dir, "
                        "data/index)")
@@ -55,31 +56,35 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="override [train.fusion] seed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train_fusion)
-    _register_train_ranker(kinds, config, index)
+    _register_train_ranker(kinds, _config_parent("[train.ranker] (and [retrieval]) tables"),
+                           index)
 
     models = sub.add_parser("models", help="list, promote and roll back trained models")
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--models", "--out", dest="models", default=DEFAULT_MODELS,
                        help=f"models folder (default {DEFAULT_MODELS})")
-    p = actions.add_parser("list", parents=[config, index, where],
+    settings_only = _config_parent("the [retrieval] table (where the index is, its encoders)")
+    p = actions.add_parser("list", parents=[settings_only, index, where],
                            help="artifacts with their metrics and where they serve")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models_list)
-    p = actions.add_parser("promote", parents=[config, index, where],
+    p = actions.add_parser("promote", parents=[settings_only, index, where],
                            help="re-fuse the index with a version and switch it in (a "
                            "ranker: re-rank the index's search with it)")
     p.add_argument("kind", choices=KINDS)
     p.add_argument("version", help="vNNNN or latest")
     p.set_defaults(handler=cmd_models_promote)
-    p = actions.add_parser("rollback", parents=[config, index, where],
+    p = actions.add_parser("rollback", parents=[settings_only, index, where],
                            help="back to the previously promoted version (or the "
                            "training-free fusion, or similarity order)")
     p.add_argument("kind", choices=KINDS)
     p.set_defaults(handler=cmd_models_rollback)
 
     p = sub.add_parser(
-        "eval", parents=[config, index, where], help="evaluation report of a fusion head",
+        "eval", parents=[_config_parent("the [retrieval] table (and [train.fusion] for "
+                                        "--version none)"), index, where],
+        help="evaluation report of a fusion head",
         description="Compare the training-free fusion, a ridge baseline and a trained fusion "
         "head (and, with --ranker, the head plus a ranking head) on held-out catalog queries "
         "(text -> photo ignoring titles, text -> product, photo -> same product) and, with "
@@ -104,11 +109,39 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_eval)
 
 
+def _config_parent(tables: str) -> argparse.ArgumentParser:
+    """``--config``, whose help names the ``tables`` the command reads from the file."""
+    parent = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: the top-level --config (same TOML file) is kept when this one is not given.
+    parent.add_argument("--config", default=argparse.SUPPRESS, help=f"TOML file with {tables}")
+    return parent
+
+
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
     from retrieval.config import load_settings
 
     return load_settings(getattr(args, "config", None),
                          index_dir=Path(args.index) if args.index else None, **extra)
+
+
+@contextlib.contextmanager
+def _resume_hint(models: Path, kind: str) -> Iterator[None]:
+    """On Ctrl-C, says how to continue when the run left a checkpoint (one per epoch)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if _unfinished_checkpoint(models / kind / "checkpoint"):
+            print(f"training stopped; `shopassist train {kind} --resume` (with the same "
+                  f"--out {models} and config) continues from the last checkpoint",
+                  file=sys.stderr)
+        raise
+
+
+def _unfinished_checkpoint(folder: Path) -> bool:
+    try:
+        return not json.loads((folder / "state.json").read_text()).get("finished", True)
+    except (OSError, ValueError):
+        return False
 
 
 def _summarise_run(what: str, result: Any, as_json: bool) -> bool:
@@ -133,11 +166,13 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     from training.fusion import train_fusion
     from training.fusion_config import load_fusion_config
 
+    out, cache = output_folder(args.out, "--out"), output_folder(args.cache, "--cache")
     config = load_fusion_config(getattr(args, "config", None), epochs=args.epochs,
                                 seed=args.seed)
     settings = _settings(args, device=None if args.device == "auto" else args.device)
-    result = train_fusion(settings.index_dir, config, args.out, device=args.device,
-                          resume=args.resume, cache_dir=Path(args.cache), settings=settings)
+    with _resume_hint(out, "fusion"):
+        result = train_fusion(settings.index_dir, config, out, device=args.device,
+                              resume=args.resume, cache_dir=cache, settings=settings)
     if _summarise_run("fusion head", result, args.json):
         return 0
     test = result.metrics.get("test", {})
@@ -153,7 +188,7 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     from training.registry import ModelRegistry
 
-    registry = ModelRegistry(args.models)
+    registry = ModelRegistry(output_folder(args.models, "--models"))
     entries = registry.entries("fusion")
     rankers = registry.entries("ranker")
     if args.json:
@@ -216,14 +251,20 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     from training.ranker import train_ranker
     from training.ranker_config import load_ranker_config
 
+    out = output_folder(args.out, "--out")
     config = load_ranker_config(getattr(args, "config", None), epochs=args.epochs,
                                 seed=args.seed)
     settings = _settings(args)
-    result = train_ranker(settings.index_dir, config, args.out,
-                          source=args.dataset or args.log, device=args.device,
-                          resume=args.resume)
+    with _resume_hint(out, "ranker"):
+        result = train_ranker(settings.index_dir, config, out,
+                              source=args.dataset or args.log, device=args.device,
+                              resume=args.resume)
     if _summarise_run("ranker", result, args.json):
         return 0
+    dropped = result.data.get("dropped_unknown_products", 0)
+    if dropped:
+        print(f"  {dropped:,} of {dropped + result.data.get('rows', 0):,} logged impressions "
+              f"left out: their products are not in {settings.index_dir}")
     for key, what in (("test_shuffled", "lists shown shuffled"), ("test", "lists as shown")):
         for label in ("purchased", "clicked"):
             figure = _ndcg_pair(result.metrics.get(key, {}), label)
@@ -264,6 +305,10 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     registry = ModelRegistry(args.models)
+    if registry.serving(args.kind, args.version, settings):
+        print(f"{args.kind} {registry.path(args.kind, args.version).name} already serves "
+              f"{settings.index_dir}; nothing to do")
+        return 0
     index_version = registry.promote(args.kind, args.version, settings)
     print(f"{args.kind} {registry.path(args.kind, args.version).name} now serves "
           f"{settings.index_dir} (index version {index_version})")
@@ -289,6 +334,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from training.registry import ModelRegistry
 
+    report_dir = output_folder(args.report, "--report") if args.report else None
+    cache = output_folder(args.cache, "--cache")
     settings = _settings(args, device=args.device)
     registry = ModelRegistry(args.models)
     version = args.version
@@ -326,14 +373,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         config = load_fusion_config(getattr(args, "config", None))
     results = evaluate_artifact(settings.index_dir, artifact, settings,
-                                cache_dir=Path(args.cache), split=args.split, ranker=ranker,
+                                cache_dir=cache, split=args.split, ranker=ranker,
                                 config=config)
     if args.sessions:
         results.sessions = evaluate_session_log(settings.index_dir, artifact, settings, url,
                                                 truth, ranker=ranker,
                                                 max_queries=args.max_queries)
     name = artifact.name if artifact is not None else "none"
-    out = Path(args.report) if args.report else Path("reports") / f"fusion-{name}"
+    out = report_dir or Path("reports") / f"fusion-{name}"
     report = write_report(results, out)
     if args.json:
         print(json.dumps(results.systems, indent=2))

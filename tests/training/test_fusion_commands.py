@@ -101,6 +101,14 @@ def test_models_list_promote_search_and_rollback(models, small_index, capsys):
     assert code == 0 and "v0001 now serves" in out
     assert fusion_kind(small_index) == "learned-head"
     assert registry.promoted("fusion", small_index) == "v0001"
+    # Promoting it again re-fuses nothing and adds nothing to the rollback stack.
+    serving = IndexLayout(Path(small_index.index_dir)).current()
+    promotions = (models / "models" / "fusion" / "promotions.json").read_text()
+    code, out, _ = run_cli(capsys, "--config", str(models / "shopassist.toml"), "models",
+                           "promote", "fusion", "v0001", *where)
+    assert code == 0 and "already serves" in out
+    assert IndexLayout(Path(small_index.index_dir)).current() == serving
+    assert (models / "models" / "fusion" / "promotions.json").read_text() == promotions
     engine = SearchEngine.open(settings=small_index)
     after = engine.search(text="red dresses", k=5).hits
     assert len(after) == len(before) == 5
