@@ -162,7 +162,10 @@ def build_ranker_data(frame: pd.DataFrame, view: IndexView, config: RankerConfig
     row_of = {p.product_id: i for i, p in enumerate(view.products)}
     keep = frame["product_id"].isin(row_of).to_numpy()
     dropped = int((~keep).sum())
-    if dropped > MAX_DROPPED_SHARE * len(frame) or not len(frame):
+    if frame.empty:
+        raise ValueError("The dataset holds no impressions; log searches first (the app, or "
+                         "`shopassist simulate`) and rebuild it with `shopassist dataset`.")
+    if dropped > MAX_DROPPED_SHARE * len(frame):
         raise ValueError(f"{dropped:,} of the {len(frame):,} logged impressions are of "
                          f"products {view.folder} does not have: the dataset or log is "
                          "likely of another catalog or index. Pass --index of the index "
