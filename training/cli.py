@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,12 @@ def register(sub: Any) -> None:
         description="Run simulated shoppers with hidden preferences against the index: "
         "text and photo queries through the real search engine, clicks with position bias, "
         "add-to-cart, purchases and dwell, all written through the event log writer. The "
-        "hidden ground truth is saved as JSON beside the log.")
+        "hidden ground truth is saved as JSON beside the log, before the first event, as "
+        "the run goes and at its end (Ctrl-C included), so it knows the sessions the log "
+        "holds. A log "
+        "that already holds simulated sessions, or a truth file that exists, is refused "
+        "unless --append: then this run (another --seed, the same settings and index) is "
+        "added to the log and to its truth file, which keeps every run's shoppers.")
     p.add_argument("--sessions", type=int, required=True, help="number of sessions")
     p.add_argument("--index", help="index folder (default: settings.index_dir, data/index)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
@@ -34,17 +41,21 @@ def register(sub: Any) -> None:
                    help=f"event log URL to write (default: {DEFAULT_SIM_DB})")
     p.add_argument("--truth", help="ground truth JSON (default: beside a SQLite log, "
                    "<name>.truth.json)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--shoppers", type=int, help="shopper population (default: sessions / 3)")
-    p.add_argument("--eta", type=float, help="position bias: P(examine | rank) = "
+    p.add_argument("--append", action="store_true", help="add this run to a log that "
+                   "already holds simulated sessions, and to its truth file (needs another "
+                   "--seed and the earlier runs' settings and index)")
+    p.add_argument("--seed", type=int, default=0, help="seed, >= 0 (default 0)")
+    p.add_argument("--shoppers", type=int, help="shopper population, >= 1 (default: "
+                   "sessions / 3)")
+    p.add_argument("--eta", type=float, help="position bias, >= 0: P(examine | rank) = "
                    "1 / rank^eta (default 1.0)")
-    p.add_argument("--explore", type=float, help="share of result lists shown shuffled "
-                   "(default 0)")
+    p.add_argument("--explore", type=float, help="share of result lists shown shuffled, "
+                   "0..1 (default 0)")
     p.add_argument("--explore-depth", type=int, help="an explored list shows k products "
-                   "drawn from the engine's top N (default 10: the top 10 shuffled; 50 "
-                   "shows a ranker the candidates search re-ranks)")
+                   "drawn from the engine's top N, 10..1000 (default 10: the top 10 "
+                   "shuffled; 50 shows a ranker the candidates search re-ranks)")
     p.add_argument("--photos", help="folder of larger product photos <id>.jpg (default: "
-                   "../shared/data/fashion_300px/images when present)")
+                   "../shared/data/fashion_300px/images when present, else the catalog's)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_simulate)
 
@@ -78,35 +89,83 @@ def default_truth_path(db: str) -> Path:
     return Path("simulation.truth.json")
 
 
+def check_simulate_args(args: argparse.Namespace) -> None:
+    """Refuses out-of-range numbers before the index is opened, naming the flag and range.
+
+    Raises:
+        ValueError: A count, the seed or a behaviour setting outside its range.
+    """
+    from training.truth import SimConfig
+
+    k = SimConfig().k
+    ranges = [("--sessions", args.sessions, 1, None), ("--seed", args.seed, 0, None),
+              ("--shoppers", args.shoppers, 1, None), ("--eta", args.eta, 0, None),
+              ("--explore", args.explore, 0, 1),
+              ("--explore-depth", args.explore_depth, k, 1000)]
+    for flag, value, low, high in ranges:
+        if value is None:
+            continue
+        if high is None and not low <= value < math.inf:  # NaN fails every comparison
+            finite = " and finite" if isinstance(value, float) else ""
+            raise ValueError(f"{flag} must be at least {low}{finite} (got {value}).")
+        if high is not None and not low <= value <= high:
+            raise ValueError(f"{flag} must be between {low} and {high} (got {value}).")
+
+
+def truth_output(path: Path) -> Path:
+    """``path`` when the ground truth can be written there (checked before simulating).
+
+    Raises:
+        ValueError: ``path`` is a folder, a parent is a file, or the folder is read-only.
+    """
+    if path.is_dir():
+        raise ValueError(f"The ground truth path {path} is a folder: pass --truth with the "
+                         f"JSON file to write, e.g. {path / 'events.truth.json'}.")
+    parent = next(p for p in path.parents if p.exists())  # the folders below are created
+    if not parent.is_dir():
+        raise ValueError(f"Cannot write the ground truth to {path}: {parent} is a file, not a "
+                         "folder; pass --truth with a path in a folder.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"Cannot write the ground truth to {path}: {parent} is not "
+                         "writable; pass --truth with a path in a writable folder.")
+    return path
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from assistant.eventlog import EventLog
     from retrieval.config import load_settings
     from retrieval.search import SearchEngine
     from training.photos import DEFAULT_PHOTOS_DIR
     from training.simulate import SimulationSummary, simulate
-    from training.truth import SimConfig
+    from training.truth import SimConfig, SimulationTruth
 
-    if args.sessions < 1:
-        raise ValueError(f"--sessions must be at least 1 (got {args.sessions}).")
+    check_simulate_args(args)
     overrides = {k: v for k, v in (("eta", args.eta), ("explore", args.explore),
                                    ("explore_depth", args.explore_depth)) if v is not None}
     config = SimConfig(**overrides)
+    truth_path = truth_output(Path(args.truth) if args.truth else default_truth_path(args.db))
+    if args.photos and not Path(args.photos).is_dir():
+        raise ValueError(f"--photos {args.photos} is not a folder: give the folder of larger "
+                         "product photos named <product_id>.jpg, or leave --photos out to "
+                         "photograph the catalog's own.")
+    photos = Path(args.photos) if args.photos else DEFAULT_PHOTOS_DIR
     settings = load_settings(getattr(args, "config", None),
                              index_dir=Path(args.index) if args.index else None,
                              device=args.device)
     engine = SearchEngine.open(settings=settings)
-    truth_path = Path(args.truth) if args.truth else default_truth_path(args.db)
-    photos = Path(args.photos) if args.photos else DEFAULT_PHOTOS_DIR
     with EventLog.open(args.db) as log:
         truth = simulate(engine, log, args.sessions, seed=args.seed, config=config,
-                         shoppers=args.shoppers, photos_dir=photos, truth_path=truth_path)
+                         shoppers=args.shoppers, photos_dir=photos, truth_path=truth_path,
+                         append=args.append)
     summary = truth.summary
+    runs = len(SimulationTruth.load(truth_path).seeds) if args.append else 1
     if args.json:
-        print(json.dumps({**summary, "truth": str(truth_path), "db": args.db}, indent=2))
+        print(json.dumps({**summary, "truth": str(truth_path), "db": args.db, "runs": runs},
+                         indent=2))
     else:
-        fields = SimulationSummary.__dataclass_fields__
-        print(SimulationSummary(**{k: v for k, v in summary.items() if k in fields}).format())
-        print(f"log: {args.db}\ntruth: {truth_path}")
+        print(SimulationSummary.from_dict(summary).format())
+        print(f"log: {args.db}\ntruth: {truth_path}"
+              + (f" ({runs} runs: this one appended)" if runs > 1 else ""))
     return 0
 
 

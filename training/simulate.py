@@ -12,6 +12,10 @@ Reproducible: a session's shopper, words, photo and reactions come from generato
 ``(seed, session)``, and ids and timestamps from the seed and a simulated clock, so the same
 seed, index and settings write the same rows. Search latency is left out of the log (it is
 wall-clock time); the summary reports it.
+
+The truth file is written before the first event and again when the run ends or stops, so a
+log never holds a session its truth does not know; a later run into the same log is added to
+that truth (:func:`simulate`'s ``append``), never written over it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "simulator"
 WAVE = 64  # sessions advanced together (one encoding batch per wave)
+SAVE_EVERY_S = 30.0  # a run killed outright (no Ctrl-C) loses at most this much of its truth
 
 
 @dataclass
@@ -80,6 +86,17 @@ class SimulationSummary:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ctr_by_rank": [round(x, 4) for x in self.ctr_by_rank()]}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimulationSummary:
+        """The counts of a truth's ``summary`` (derived and unknown keys are left out)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def __add__(self, other: SimulationSummary) -> SimulationSummary:
+        """The counts of two runs into one log, together."""
+        return SimulationSummary(**{f.name: _add(getattr(self, f.name), getattr(other, f.name))
+                                    for f in fields(self)})
+
     def format(self) -> str:
         """A few lines for people: counts, rates and click-through by rank."""
         rate = self.sessions / self.seconds if self.seconds else 0.0
@@ -98,6 +115,16 @@ class SimulationSummary:
                                         for r, c in enumerate(self.ctr_by_rank(), start=1)),
         ]
         return "\n".join(lines)
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Counts added: numbers, lists position by position, dicts key by key."""
+    if isinstance(a, dict):
+        return {k: _add(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k))
+                for k in {**a, **b}}
+    if isinstance(a, list):
+        return [x + y for x, y in zip_longest(a, b, fillvalue=0)]
+    return round(a + b, 2) if isinstance(a, float) else a + b
 
 
 @dataclass
@@ -156,7 +183,8 @@ class Simulator:
 
     def run(self, sessions: int, *, shoppers: int | None = None,
             show_progress: bool | None = None,
-            on_session: Callable[[int], None] | None = None) -> SimulationTruth:
+            on_session: Callable[[int], None] | None = None,
+            save: Callable[[SimulationTruth], None] | None = None) -> SimulationTruth:
         """Simulates ``sessions`` sessions and writes them to the log.
 
         Args:
@@ -164,15 +192,22 @@ class Simulator:
             shoppers: Size of the shopper population (default: one per three sessions).
             show_progress: A progress bar (default: when stderr is a terminal).
             on_session: Called with each finished session's index.
+            save: Called with the truth before the first event (its queries still empty,
+                its summary ``interrupted``), every ``SAVE_EVERY_S`` seconds, when the run is
+                done, and when it stops on an exception (Ctrl-C included: the truth of the
+                sessions written so far).
 
         Returns:
             The ground truth of the run (with its summary).
 
         Raises:
-            ValueError: ``sessions`` < 1, or the log already holds this seed's sessions.
+            ValueError: ``sessions`` or ``shoppers`` < 1, or the log already holds this
+                seed's sessions.
         """
         if sessions < 1:
             raise ValueError(f"sessions must be at least 1 (got {sessions}).")
+        if shoppers is not None and shoppers < 1:
+            raise ValueError(f"shoppers must be at least 1 (got {shoppers}).")
         first = conversation_id(self.seed, 0)
         try:
             self.log.conversation(first)
@@ -181,36 +216,71 @@ class Simulator:
         else:
             raise ValueError(f"The event log at {self.log.url} already holds the sessions of "
                              f"seed {self.seed} ({first}); use another --seed or a new --db.")
-        population = self.shoppers(shoppers or max(1, -(-sessions // 3)))
+        population = self.shoppers(shoppers if shoppers is not None
+                                   else max(1, -(-sessions // 3)))
         truth = SimulationTruth(
             seed=self.seed, sessions=sessions, config=self.config, shoppers=population,
             index={"version": self.engine.version, "folder": str(self.engine.folder),
                    "products": len(self.engine), "profile": self.engine.manifest.get("profile"),
-                   "fusion": self.fusion})
+                   "fusion": self.fusion}, summary={"interrupted": True})
+        if save is not None:
+            save(truth)
         summary = SimulationSummary(sessions=sessions, shoppers=len(population),
                                     impressions_by_rank=[0] * self.config.k,
                                     clicks_by_rank=[0] * self.config.k)
         kinds: Counter[str] = Counter()
         t0 = time.perf_counter()
-        with progress(sessions, "simulate", "session", show_progress) as bar:
-            for start in range(0, sessions, WAVE):
-                wave = [self._begin(i, population) for i in range(start,
-                                                                  min(sessions, start + WAVE))]
-                while active := [s for s in wave if not s.done]:
-                    planned = [p for s in active if (p := self._plan(s, summary)) is not None]
-                    self.searcher.prime([(photo, intent.text) for _, intent, photo in planned])
-                    for session, intent, photo in planned:
-                        kinds[intent.kind] += 1
-                        self._query(session, intent, photo, truth, summary)
-                    for s in active:
-                        if s.done:
-                            bar.update(1)
-                            if on_session is not None:
-                                on_session(s.index)
-        summary.kinds = dict(kinds)
-        summary.seconds = round(time.perf_counter() - t0, 2)
-        summary.encodings = self.searcher.stats()
-        truth.summary.update(summary.to_dict())
+        started = 0
+
+        saved = t0
+
+        def finish() -> None:
+            summary.kinds = dict(kinds)
+            summary.seconds = round(time.perf_counter() - t0, 2)
+            summary.encodings = self.searcher.stats()
+
+        def so_far() -> SimulationTruth:
+            finish()
+            summary.sessions = started
+            return replace(truth, sessions=started,
+                           summary={**summary.to_dict(), "interrupted": True})
+
+        try:
+            with progress(sessions, "simulate", "session", show_progress) as bar:
+                for start in range(0, sessions, WAVE):
+                    wave: list[_Session] = []
+                    for i in range(start, min(sessions, start + WAVE)):
+                        wave.append(self._begin(i, population))
+                        started += 1
+                    while active := [s for s in wave if not s.done]:
+                        planned = [p for s in active
+                                   if (p := self._plan(s, summary)) is not None]
+                        self.searcher.prime([(photo, intent.text)
+                                             for _, intent, photo in planned])
+                        for session, intent, photo in planned:
+                            kinds[intent.kind] += 1
+                            self._query(session, intent, photo, truth, summary)
+                        for s in active:
+                            if s.done:
+                                bar.update(1)
+                                if on_session is not None:
+                                    on_session(s.index)
+                    if save is not None and time.perf_counter() - saved > SAVE_EVERY_S:
+                        save(so_far())
+                        saved = time.perf_counter()
+        except BaseException:
+            # The log keeps every event written so far; the truth must know their queries.
+            truth = so_far()
+            logger.warning("simulation stopped after %d of %d sessions (%d queries logged)",
+                           started, sessions, summary.queries)
+            if save is not None:
+                save(truth)
+                logger.warning("the truth of the sessions logged is saved")
+            raise
+        finish()
+        truth = replace(truth, summary=summary.to_dict())
+        if save is not None:
+            save(truth)
         logger.info("simulated %d sessions, %d queries, %d impressions in %.1f s", sessions,
                     summary.queries, summary.impressions, summary.seconds)
         return truth
@@ -261,9 +331,6 @@ class Simulator:
         query_id = f"{s.conversation_id}q{s.queries:02d}"
         s.queries += 1
         ref = f"{query_id}photo" if photo is not None else None
-        message_id = self.log.log_message(s.conversation_id, "user", intent.message,
-                                          has_image=photo is not None, upload_ref=ref,
-                                          at=s.clock)
         explore = bool(rng.random() < cfg.explore)
         result = self.searcher.search(image=photo, text=intent.text,
                                       k=cfg.explore_depth if explore else cfg.k)
@@ -271,6 +338,22 @@ class Simulator:
         shuffled = explore and len(hits) > 1
         if shuffled:
             hits = [hits[int(j)] for j in rng.permutation(len(hits))[:cfg.k]]
+        # Recorded before the query's first event: an interrupted run's truth knows every
+        # query its log holds.
+        truth.queries[query_id] = {
+            "shopper": s.shopper.shopper_id, "kind": intent.kind, "intent": dict(intent.attrs),
+            "price_cap": intent.price_cap, "refinement": intent.refinement,
+            "target": (self.engine.products[intent.target].product_id
+                       if intent.target is not None else None),
+            "shuffled": shuffled}
+        if ref is not None and intent.target is not None:
+            truth.photos[ref] = {
+                "product_id": self.engine.products[intent.target].product_id,
+                "source": self.photos.source(intent.target),
+                "seed": self.photos.photo_seed(intent.target)}
+        message_id = self.log.log_message(s.conversation_id, "user", intent.message,
+                                          has_image=photo is not None, upload_ref=ref,
+                                          at=s.clock)
         shown_at = s.clock + timedelta(seconds=1)
         model = result.model_version + (SHUFFLED if shuffled else "")
         self.log.log_query(
@@ -301,17 +384,6 @@ class Simulator:
         summary.refinements += intent.refinement is not None
         summary.shuffled += shuffled
         summary.empty_results += not hits
-        truth.queries[query_id] = {
-            "shopper": s.shopper.shopper_id, "kind": intent.kind, "intent": dict(intent.attrs),
-            "price_cap": intent.price_cap, "refinement": intent.refinement,
-            "target": (self.engine.products[intent.target].product_id
-                       if intent.target is not None else None),
-            "shuffled": shuffled}
-        if ref is not None and intent.target is not None:
-            truth.photos[ref] = {
-                "product_id": self.engine.products[intent.target].product_id,
-                "source": self.photos.source(intent.target),
-                "seed": self.photos.photo_seed(intent.target)}
         s.previous = intent
         s.shown_prices = [float(h.product.price) for h in hits if h.product.price is not None]
         s.clock = times.end + timedelta(seconds=float(rng.exponential(20.0)) + 3.0)
@@ -344,8 +416,14 @@ class Simulator:
 def simulate(engine: SearchEngine, log: EventLog, sessions: int, *, seed: int = 0,
              config: SimConfig | None = None, shoppers: int | None = None,
              photos_dir: Path | None = None, truth_path: str | Path | None = None,
-             show_progress: bool | None = None) -> SimulationTruth:
+             append: bool = False, show_progress: bool | None = None) -> SimulationTruth:
     """Simulates shopper sessions into an event log and returns (and saves) the truth.
+
+    A log's truth is one file. Into a log that already holds simulated sessions, or with a
+    truth file that already exists, only ``append`` simulates, and then this run is added
+    to that file (every run's shoppers and queries, see :attr:`SimulationTruth.runs`): it
+    must use a new seed and the earlier runs' settings and index. The file is saved before
+    the first event and again when the run ends or stops (Ctrl-C included).
 
     Args:
         engine: The index to search.
@@ -356,16 +434,72 @@ def simulate(engine: SearchEngine, log: EventLog, sessions: int, *, seed: int = 
         shoppers: Shopper population size (default: one per three sessions).
         photos_dir: Larger product photos named ``<product_id>.jpg`` (default: none).
         truth_path: Where to save the ground truth JSON (default: not saved).
+        append: Add this run to a log (and truth file) that already holds simulated sessions.
         show_progress: A progress bar (default: when stderr is a terminal).
 
     Returns:
-        The ground truth, with the run's summary in ``truth.summary``.
+        The ground truth of this run, with its summary in ``truth.summary`` (the file holds
+        the earlier runs' too).
 
     Raises:
-        ValueError: Bad counts or seed, or the log already holds this seed's sessions.
+        ValueError: Bad counts or seed; the log or truth file already holds a simulation
+            and ``append`` is not set; or this run cannot be appended to it (its seed, its
+            settings or index). Nothing is written then.
     """
+    path = Path(truth_path) if truth_path is not None else None
+    if not append:
+        earlier_sessions = log.list_conversations(channel=CHANNEL, limit=1)
+        if earlier_sessions:
+            raise ValueError(
+                f"The event log at {log.url} already holds simulated sessions (e.g. "
+                f"{earlier_sessions[0]['id']}): pass --append to add this run to them and to "
+                "their truth file (another --seed, the same settings), or a new --db.")
+        if path is not None and path.exists():
+            raise ValueError(
+                f"{path} already holds the ground truth of another simulation: pass --append "
+                "to add this run to it, another --truth, or move the file away.")
+    earlier = SimulationTruth.load(path) if path is not None and path.exists() else None
+    if append and path is not None and earlier is None \
+            and log.list_conversations(channel=CHANNEL, limit=1):
+        logger.warning("the simulated sessions already in %s have no truth at %s: it will "
+                       "hold this run's only (pass --truth with theirs to add to it)", log.url,
+                       path)
     simulator = Simulator(engine, log, seed=seed, config=config, photos_dir=photos_dir)
-    truth = simulator.run(sessions, shoppers=shoppers, show_progress=show_progress)
-    if truth_path is not None:
-        truth.save(truth_path)
-    return truth
+
+    def save(truth: SimulationTruth) -> None:
+        if path is None:
+            return
+        (truth if earlier is None else appended(earlier, truth, where=path)).save(path)
+
+    return simulator.run(sessions, shoppers=shoppers, show_progress=show_progress,
+                         save=save if path is not None else None)
+
+
+def appended(earlier: SimulationTruth, run: SimulationTruth, *,
+             where: str | Path = "the earlier truth") -> SimulationTruth:
+    """The truth of a log after ``run`` was simulated into it, following ``earlier``'s runs.
+
+    Raises:
+        ValueError: ``run`` conflicts with ``earlier`` (:meth:`SimulationTruth.conflicts`);
+            the message names ``where`` (the truth file).
+    """
+    conflicts = earlier.conflicts(run)
+    if conflicts:
+        raise ValueError(f"Cannot append this run to {where}: {'; '.join(conflicts)}. An "
+                         "appended run takes a new --seed and the earlier runs' settings and "
+                         "index; else simulate into a new --db.")
+    runs = earlier.runs or [_run_entry(earlier)]
+    total = SimulationSummary.from_dict(earlier.summary) + \
+        SimulationSummary.from_dict(run.summary)
+    summary = total.to_dict()
+    if any(r["summary"].get("interrupted") for r in [*runs, _run_entry(run)]):
+        summary["interrupted"] = True
+    return replace(earlier, sessions=earlier.sessions + run.sessions,
+                   shoppers=[*earlier.shoppers, *run.shoppers],
+                   queries={**earlier.queries, **run.queries},
+                   photos={**earlier.photos, **run.photos}, summary=summary,
+                   runs=[*runs, _run_entry(run)])
+
+
+def _run_entry(truth: SimulationTruth) -> dict[str, Any]:
+    return {"seed": truth.seed, "sessions": truth.sessions, "summary": truth.summary}

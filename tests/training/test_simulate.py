@@ -50,8 +50,10 @@ def test_a_seed_cannot_be_simulated_twice_into_one_log(sim_engine, tmp_path):
     url = f"sqlite:///{tmp_path / 'events.sqlite'}"
     with EventLog.open(url) as log:
         simulate(sim_engine, log, 2, seed=3, show_progress=False)
+        with pytest.raises(ValueError, match="pass --append"):
+            simulate(sim_engine, log, 2, seed=4, show_progress=False)
         with pytest.raises(ValueError, match="another --seed"):
-            simulate(sim_engine, log, 2, seed=3, show_progress=False)
+            simulate(sim_engine, log, 2, seed=3, append=True, show_progress=False)
 
 
 class CountingLog(EventLog):
