@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from retrieval.paths import output_folder
+
 logger = logging.getLogger(__name__)
 
 # Simulated traffic goes to its own database by default, never into the app's log.
@@ -176,13 +178,14 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from retrieval.manifest import IndexLayout
     from training.datasets import build_dataset, write_dataset
 
+    out = output_folder(args.out, "--out")
     products = None
     if args.index:
         root = load_settings(getattr(args, "config", None), index_dir=Path(args.index)).index_dir
         products = read_products(IndexLayout(Path(root)).version_dir()).products
     with EventLog.open(args.db, create=False) as log:
         dataset = build_dataset(log, max_weight=args.max_weight, method=args.propensity)
-    files = write_dataset(dataset, args.out, products)
+    files = write_dataset(dataset, out, products)
     info = json.loads(files["info"].read_text(encoding="utf-8"))
     if args.json:
         print(json.dumps(info, indent=2))

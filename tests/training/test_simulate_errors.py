@@ -193,6 +193,15 @@ def test_a_log_without_search_sessions_is_refused_with_what_to_do(sim_engine, si
         evaluate_sessions(sim_engine, {"free": sim_engine}, frame, simulated[1])
 
 
+def test_dataset_refuses_a_file_as_its_output_folder(tmp_path, capsys):
+    db = tmp_path / "events.sqlite"
+    EventLog.open(f"sqlite:///{db}").close()
+    out = tmp_path / "out.txt"
+    out.write_text("keep me")
+    assert main(["dataset", "--db", f"sqlite:///{db}", "--out", str(out)]) == 2
+    assert "--out" in error_of(capsys) and out.read_text() == "keep me"
+
+
 def test_truth_files_of_other_shapes_name_the_file(tmp_path):
     for text in ("[]", "3", '"truth"', "{", '{"format": 1, "seed": 0}'):
         path = tmp_path / "t.json"
