@@ -98,7 +98,7 @@ def load_impressions(source: str, config: RankerConfig) -> tuple[pd.DataFrame, s
 
     Raises:
         FileNotFoundError: A folder without ``impressions.parquet`` or ``dataset.json``.
-        ValueError: A log without impressions.
+        ValueError: A log without impressions, or an unreadable ``impressions.parquet``.
     """
     if "://" in source:
         from assistant.eventlog import EventLog
@@ -118,11 +118,16 @@ def load_impressions(source: str, config: RankerConfig) -> tuple[pd.DataFrame, s
             raise FileNotFoundError(f"{path} is missing: {folder} is not a finished "
                                     f"`shopassist dataset` folder; build it with `shopassist "
                                     f"dataset --db URL --out {source}`, or pass --log URL.")
-    snapshot = read_snapshot_id(path)
+    try:
+        snapshot = read_snapshot_id(path)
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's message does not name the file
+        raise ValueError(f"{path} is not a readable Parquet table ({exc}); rebuild the "
+                         f"folder with `shopassist dataset --db URL --out {source}`.") from None
     if snapshot is None:
         raise ValueError(f"{path} carries no snapshot id; rebuild it with `shopassist "
                          "dataset`.")
-    return pd.read_parquet(path), snapshot
+    return frame, snapshot
 
 
 def built_with(config: RankerConfig) -> dict[str, Any]:

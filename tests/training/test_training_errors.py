@@ -223,6 +223,11 @@ def test_a_folder_without_dataset_json_is_not_a_dataset(sim_engine, simulated, t
     assert not (folder / "catalog_pairs.parquet").exists()
     assert "catalog_pairs" not in json.loads((folder / "dataset.json").read_text())["files"]
 
+    good = (folder / "impressions.parquet").read_bytes()
+    (folder / "impressions.parquet").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"impressions\.parquet is not a readable Parquet"):
+        load_impressions(str(folder), tiny_ranker_config())
+    (folder / "impressions.parquet").write_bytes(good)
     (folder / "dataset.json").unlink()
     out = tmp_path / "models"
     code, _, err = run_cli(capsys, "train", "ranker", "--index",
