@@ -292,7 +292,8 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
             with accelerator.autocast():
                 loss, parts = model(batch)
             finish_step(accelerator, loss, parts, optimizer, scheduler, state, epoch=epoch,
-                        main=main, history=history, sums=sums, bar=bar)
+                        main=main, history=history, sums=sums, bar=bar,
+                        table="[train.fusion]")
         epoch += 1
         state["epoch"] = epoch
         state["train_seconds"] = time.perf_counter() - train_started

@@ -27,10 +27,11 @@ class TrainingDiverged(ValueError):
 def finish_step(accelerator: Any, loss: torch.Tensor, parts: Mapping[str, torch.Tensor],
                 optimizer: Any, scheduler: Any, state: dict[str, Any], *, epoch: int,
                 main: bool, history: dict[str, list[dict[str, Any]]],
-                sums: dict[str, float], bar: Any) -> None:
+                sums: dict[str, float], bar: Any, table: str = "[train.*]") -> None:
     """Back-propagates ``loss`` and steps the optimiser and schedule; on the main process
     records the step (loss, its ``parts``, learning rate) in ``history``, adds it to the
-    epoch's ``sums`` and advances the progress ``bar``.
+    epoch's ``sums`` and advances the progress ``bar``; ``table`` is the config table the
+    learning rate comes from (for the message when the loss is not finite).
 
     Raises:
         TrainingDiverged: ``loss`` is not finite (a step would make every weight NaN).
@@ -41,8 +42,8 @@ def finish_step(accelerator: Any, loss: torch.Tensor, parts: Mapping[str, torch.
         raise TrainingDiverged(
             f"The training loss became {float(loss.detach())} at epoch {epoch + 1}, step "
             f"{state['step'] + 1} (learning rate {scheduler.get_last_lr()[0]:g}): training "
-            "diverged and nothing was registered. Lower lr (or the loss weights) in the "
-            "config's [train.*] table and train again without --resume.")
+            f"diverged and nothing was registered. Lower lr (or the loss weights) in {table} "
+            "and train again without --resume.")
     accelerator.backward(loss)
     optimizer.step()
     scheduler.step()

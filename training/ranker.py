@@ -256,7 +256,8 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
                                         batch["log_dwell"], batch["ipw"], lambdas[:3],
                                         batch["group"], lambdas[3])
             finish_step(accelerator, loss, parts, optimizer, scheduler, state, epoch=epoch,
-                        main=main, history=history, sums=sums, bar=bar)
+                        main=main, history=history, sums=sums, bar=bar,
+                        table="[train.ranker]")
         epoch += 1
         state["epoch"] = epoch
         state["train_seconds"] = time.perf_counter() - train_started

@@ -99,7 +99,8 @@ def test_fusion_config_refuses_non_finite_and_degenerate_values(tmp_path):
 
 def test_a_diverging_run_stops_and_registers_nothing(sim_engine, data, tmp_path):
     out = tmp_path / "models"
-    with pytest.raises(TrainingDiverged, match=r"epoch \d+, step \d+.*Lower lr"):
+    with pytest.raises(TrainingDiverged,
+                       match=r"epoch \d+, step \d+.*Lower lr.*\[train\.ranker\]"):
         train_ranker(sim_engine.settings.index_dir, tiny_ranker_config(lr=1e9, epochs=3),
                      out, data=data, device="cpu", show=False)
     assert ModelRegistry(out).versions("ranker") == []
