@@ -36,8 +36,10 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_chat)
 
     db = argparse.ArgumentParser(add_help=False)
-    db.add_argument("--db", metavar="URL", help="event log database URL (default: "
-                    "settings.log_db, $SHOPASSIST_LOG_DB, sqlite:///data/events.sqlite)")
+    db.add_argument("--db", metavar="URL|PATH", help="event log: a SQLite file path "
+                    "(data/events.sqlite) or a database URL (sqlite:///PATH, "
+                    "postgresql+psycopg://USER@HOST/DB); default: settings.log_db, "
+                    "$SHOPASSIST_LOG_DB, data/events.sqlite")
     db.add_argument("--json", action="store_true", help="print the report as JSON")
 
     logs = sub.add_parser("logs", help="event log: purge old events, export for analysts",

@@ -27,8 +27,9 @@ class AssistantSettings:
     """Everything the assistant reads from its environment.
 
     Attributes:
-        log_db: SQLAlchemy URL of the event log: an SQLite file (the default) or
-            ``postgresql+psycopg://user@host/db``.
+        log_db: The event log: the path of a SQLite file (``data/events.sqlite``), or a
+            SQLAlchemy URL (``sqlite:///data/events.sqlite``, the default, or
+            ``postgresql+psycopg://user@host/db``).
         max_tool_calls: Tool calls allowed per turn; past it the turn ends politely.
         turn_seconds: Time allowed per turn (model and tools); past it likewise.
         llm: The LLM backend: ``rules`` (no LLM, the rule-based planner),

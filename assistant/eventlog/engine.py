@@ -4,6 +4,11 @@ SQLite gets WAL journal mode (readers never block the writer), foreign keys, a b
 timeout and secure deletes, all set on every new connection by a ``connect`` event, plus
 ``BEGIN IMMEDIATE`` for write transactions. Other databases (PostgreSQL) get a plain engine:
 nothing in the writer or the readers is SQLite-specific SQL.
+
+:func:`resolve_url` is the one place a ``--db`` value becomes a URL: a plain path is a
+SQLite file. :func:`database_error` turns the driver's errors a user can cause (a file that
+is no database, a lock held by another process, an unknown dialect) into one-line
+:class:`EventLogError` messages.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from assistant.eventlog.schema import SCHEMA_VERSION, TABLES, meta, metadata, utcnow
@@ -21,7 +27,9 @@ from assistant.eventlog.schema import SCHEMA_VERSION, TABLES, meta, metadata, ut
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///data/events.sqlite"
-SQLITE_BUSY_TIMEOUT_S = 30
+SQLITE_BUSY_TIMEOUT_S = 30  # how long a write waits for another process's lock
+SUPPORTED_URLS = ("a SQLite file path (data/events.sqlite), sqlite:///PATH, sqlite:// (in "
+                  "memory) or postgresql+psycopg://USER@HOST/DB")
 WRITE_OPTION = "eventlog_write"  # execution option marking a transaction that writes
 
 
@@ -31,6 +39,74 @@ class EventLogError(RuntimeError):
 
 class SchemaVersionError(EventLogError):
     """The database was written by a different version of the event log schema."""
+
+
+def resolve_url(value: str | URL | None) -> URL:
+    """The event log URL for a ``--db`` value: a SQLAlchemy URL, or a path to a SQLite file.
+
+    A value without ``://`` is a file path (relative, absolute, ``~/...`` or a Windows
+    path such as ``C:\\logs\\events.sqlite``); ``~`` is expanded in SQLite URLs too.
+
+    Args:
+        value: The URL or path; ``None`` or empty means :data:`DEFAULT_URL`.
+
+    Returns:
+        The parsed URL.
+
+    Raises:
+        EventLogError: The value is neither a path nor a URL SQLAlchemy can parse.
+    """
+    if isinstance(value, URL):
+        url = value
+    else:
+        text = str(value or "").strip() or DEFAULT_URL
+        if "://" not in text:
+            return URL.create("sqlite", database=str(Path(text).expanduser()))
+        try:
+            url = make_url(text)
+        except ArgumentError:
+            raise EventLogError(f"Event log {text!r} is not a database URL; give "
+                                f"{SUPPORTED_URLS}.") from None
+    if url.get_backend_name() == "sqlite" and not is_memory(url):
+        url = url.set(database=str(Path(str(url.database)).expanduser()))
+    return url
+
+
+def database_error(exc: BaseException, where: str) -> EventLogError | None:
+    """The one-line error for a driver error a user can cause, or ``None`` for others.
+
+    Args:
+        exc: The error raised while opening or using the database.
+        where: The database, as shown in messages (password hidden).
+
+    Returns:
+        The error to raise instead (``raise ... from exc``), or ``None``.
+    """
+    if isinstance(exc, NoSuchModuleError):
+        return EventLogError(f"Event log {where}: unknown database kind "
+                             f"{where.split(':', 1)[0]!r}; give {SUPPORTED_URLS}.")
+    if isinstance(exc, ImportError):
+        return EventLogError(f"Event log {where}: its database driver is not installed "
+                             f"({exc}); install it (e.g. pip install 'psycopg[binary]' for "
+                             f"postgresql+psycopg://) or give {SUPPORTED_URLS}.")
+    if not isinstance(exc, DBAPIError):
+        return None
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    lowered = reason.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        return EventLogError(f"{where} is not a SQLite database ({reason}); give the path "
+                             "of the event log file, or a new path to start one.")
+    if "locked" in lowered or "busy" in lowered:
+        return EventLogError(f"The event log {where} is locked: another process is writing "
+                             f"to it (waited {SQLITE_BUSY_TIMEOUT_S:g} s). Retry when it "
+                             "has finished.")
+    if "unable to open" in lowered:
+        return EventLogError(f"Cannot open the event log {where} ({reason}): check that the "
+                             "path is a file in a folder you may write to.")
+    if exc.connection_invalidated or "connect" in lowered:
+        return EventLogError(f"Cannot connect to the event log {where} ({reason}); check "
+                             "the URL and that the server is running.")
+    return None
 
 
 def is_memory(url: URL) -> bool:
@@ -44,7 +120,7 @@ def _sqlite_pragmas(dbapi_connection: Any, *, memory: bool) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         # Purged rows are overwritten on disk, not left readable in free pages.
         cursor.execute("PRAGMA secure_delete=ON")
         if not memory:
@@ -76,17 +152,25 @@ def connect(url: URL, *, create: bool, **kwargs: Any) -> Engine:
         The engine.
 
     Raises:
-        EventLogError: The SQLite file is missing and ``create`` is false.
+        EventLogError: The SQLite file is missing and ``create`` is false, the path is a
+            folder, or the URL's database kind or driver is unknown here.
     """
     if url.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
-        return create_engine(url, **kwargs)
+        try:
+            return create_engine(url, **kwargs)
+        except (NoSuchModuleError, ImportError) as exc:
+            error = database_error(exc, url.render_as_string(hide_password=True))
+            raise error from exc  # type: ignore[misc]
     memory = is_memory(url)
     if memory:  # one shared connection; EventLog serialises every use of it
         kwargs.setdefault("poolclass", StaticPool)
         kwargs.setdefault("connect_args", {"check_same_thread": False})
     else:
         path = Path(str(url.database))
+        if path.is_dir():
+            raise EventLogError(f"The event log {path} is a folder; give the path of the "
+                                f"SQLite file, e.g. {path / 'events.sqlite'}.")
         if not path.exists():
             if not create:
                 raise EventLogError(f"No event log at {path}. Check --db or SHOPASSIST_LOG_DB; "

@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from assistant.eventlog import readers, rows
 from assistant.eventlog.engine import (
@@ -32,8 +32,10 @@ from assistant.eventlog.engine import (
     WRITE_OPTION,
     EventLogError,
     connect,
+    database_error,
     is_memory,
     prepare_schema,
+    resolve_url,
 )
 from assistant.eventlog.pii import mask
 from assistant.eventlog.readers import ConversationRecord, LabelledImpression
@@ -70,6 +72,8 @@ class EventLog:
         lock: Any = threading.RLock() if sqlite else contextlib.nullcontext()
         self._write_lock = lock
         self._read_lock = lock if self._memory else contextlib.nullcontext()
+        # Messages about the file name it as given, not as a URL.
+        self._where = str(url.database) if sqlite and not self._memory else self.url
 
     @classmethod
     def open(cls, url: str | URL | None = None, *, create: bool = True,
@@ -78,7 +82,7 @@ class EventLog:
 
         Args:
             url: A SQLAlchemy URL: ``sqlite:///data/events.sqlite`` (the default) or
-                ``postgresql+psycopg://user@host/db``.
+                ``postgresql+psycopg://user@host/db``, or the path of a SQLite file.
             create: Create the database file and tables when missing; with ``False`` a
                 missing log is an error (for tools that only read or purge).
             **engine_kwargs: Passed to ``sqlalchemy.create_engine`` (e.g. ``pool_size``).
@@ -87,16 +91,18 @@ class EventLog:
             The open log.
 
         Raises:
-            EventLogError: The log is missing (``create=False``), or the database holds
-                tables of the same names that are not an event log.
+            EventLogError: The log is missing (``create=False``), the database holds
+                tables of the same names that are not an event log, the file is no SQLite
+                database, another process holds its write lock past the busy timeout, or
+                the URL is not one this install can open.
             SchemaVersionError: The database was written by a newer (or older) schema.
         """
-        engine = connect(make_url(url or DEFAULT_URL), create=create, **engine_kwargs)
+        engine = connect(resolve_url(url or DEFAULT_URL), create=create, **engine_kwargs)
         log = cls(engine)
         try:
             with log._writing("the schema") as conn:
                 prepare_schema(conn, where=log.url, create=create)
-        except Exception:
+        except BaseException:
             engine.dispose()
             raise
         logger.debug("event log open at %s", log.url)
@@ -121,8 +127,22 @@ class EventLog:
         self.close()
 
     @contextlib.contextmanager
+    def _connecting(self) -> Iterator[Connection]:
+        # A new connection runs the pragmas: that is where a file that is no database, or
+        # a lock held by another process, shows first.
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as exc:
+            error = database_error(exc, self._where)
+            if error is None:
+                raise
+            raise error from exc
+        with conn:
+            yield conn
+
+    @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[Connection]:
-        with self._write_lock, self.engine.connect() as conn:
+        with self._write_lock, self._connecting() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             try:
                 with conn.begin():
@@ -132,6 +152,11 @@ class EventLog:
                     f"Could not log {what}: it refers to a conversation, message, query or "
                     f"impression that does not exist, or repeats a unique key ({exc.orig})."
                 ) from exc
+            except DBAPIError as exc:
+                error = database_error(exc, self._where)
+                if error is None:
+                    raise
+                raise error from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -144,7 +169,7 @@ class EventLog:
             A connection inside the transaction.
         """
         backend = self.engine.url.get_backend_name()
-        with self._read_lock, self.engine.connect() as conn, conn.begin():
+        with self._read_lock, self._connecting() as conn, conn.begin():
             if backend == "sqlite":
                 conn.exec_driver_sql("PRAGMA query_only = ON")
             elif backend == "postgresql":
