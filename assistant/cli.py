@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
                            "the rows that depend on it (a conversation with its messages, "
                            "tool calls, searches and feedback).")
     p.add_argument("--older-than", required=True, metavar="DURATION",
-                   help="e.g. 90d, 12h, 2w, 1d12h")
+                   help="e.g. 90d, 12h, 2w, 1d12h (at most 100 years, 36525d)")
     p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     p.set_defaults(handler=cmd_logs_purge)
 
@@ -61,10 +61,11 @@ def register(sub: Any) -> None:
                            "plus OUT/manifest.json.")
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet",
                    help="file format (default: parquet)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--since", metavar="TIME", help="only events at or after TIME: a duration "
                    "ago (7d) or an ISO date (2024-05-01)")
-    p.add_argument("--until", metavar="TIME", help="only events before TIME (same forms)")
+    p.add_argument("--until", metavar="TIME", help="only events before TIME (same forms; "
+                   "after --since)")
     p.add_argument("--tables", metavar="NAMES", help="comma-separated tables (default: all)")
     p.set_defaults(handler=cmd_logs_export)
 
@@ -172,14 +173,18 @@ def cmd_logs_purge(args: argparse.Namespace) -> int:
 def cmd_logs_export(args: argparse.Namespace) -> int:
     """``shopassist logs export --format parquet|csv --out DIR [--since T] [--db URL]``."""
     from assistant.eventlog.engine import EventLogError
-    from assistant.eventlog.retention import export, parse_time
+    from assistant.eventlog.retention import check_window, export, parse_time
+    from retrieval.paths import output_folder
 
+    # Every argument is checked before the log is read.
+    out = output_folder(args.out, "--out")
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
+    check_window(since, until)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
     try:
         with _open_log(args) as log:
-            written = export(log, args.out, fmt=args.format, since=since, until=until,
+            written = export(log, out, fmt=args.format, since=since, until=until,
                              tables=tables)
             where = log.url
     except EventLogError as exc:
@@ -191,7 +196,7 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
                           "tables": {n: {"path": str(e.path), "rows": e.rows}
                                      for n, e in written.items()}}, indent=2))
         return 0
-    print(f"Exported {where} to {args.out}:")
+    print(f"Exported {where} to {out}:")
     for name, exported in written.items():
         print(f"  {name:<14} {exported.rows:>9} rows  {exported.path}")
     return 0

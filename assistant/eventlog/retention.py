@@ -42,6 +42,7 @@ from assistant.eventlog.schema import (
     utcnow,
 )
 from assistant.eventlog.store import EventLog
+from retrieval.paths import output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,13 @@ _UNITS = {"s": "seconds", "sec": "seconds", "secs": "seconds", "second": "second
           "days": "days", "w": "weeks", "wk": "weeks", "wks": "weeks", "week": "weeks",
           "weeks": "weeks"}
 _PART = re.compile(r"(\d+)\s*([a-z]+)")
+MAX_DURATION = timedelta(days=36525)  # 100 years: longer is a typo, and overflows dates
+
+
+def _is_duration(text: str) -> bool:
+    cleaned = str(text).strip().lower()
+    return (re.fullmatch(r"(?:\d+\s*[a-z]+\s*)+", cleaned) is not None
+            and all(unit in _UNITS for _, unit in _PART.findall(cleaned)))
 
 
 def parse_duration(text: str) -> timedelta:
@@ -66,17 +74,23 @@ def parse_duration(text: str) -> timedelta:
         The duration (always positive).
 
     Raises:
-        ValueError: The text is not such a duration, or it is zero.
+        ValueError: The text is not such a duration, it is zero, or longer than
+            :data:`MAX_DURATION` (100 years).
     """
     cleaned = str(text).strip().lower()
     parts = _PART.findall(cleaned)
-    valid = bool(parts) and re.fullmatch(r"(?:\d+\s*[a-z]+\s*)+", cleaned) is not None
-    if not valid or any(unit not in _UNITS for _, unit in parts):
+    if not _is_duration(text):
         raise ValueError(f"Duration {text!r} is not valid: use a whole number and a unit, "
                          "e.g. 90d, 12h, 2w or 1d12h (units: s, m, h, d, w).")
+    too_long = ValueError(f"Duration {text!r} is longer than 100 years "
+                          f"({MAX_DURATION.days}d); give at most that (every event is younger).")
     total = timedelta()
     for amount, unit in parts:
+        if len(amount.lstrip("0")) > 12:  # int() and timedelta() fail on such numbers
+            raise too_long
         total += timedelta(**{_UNITS[unit]: int(amount)})
+        if total > MAX_DURATION:
+            raise too_long
     if total <= timedelta():
         raise ValueError(f"Duration {text!r} is zero; give a positive duration such as 90d.")
     return total
@@ -94,18 +108,29 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
         A timezone-aware datetime.
 
     Raises:
-        ValueError: Neither a duration nor an ISO date.
+        ValueError: Neither a duration nor an ISO date, or a duration refused by
+            :func:`parse_duration`.
     """
-    try:
+    if _is_duration(text):  # its own message (zero, too long) beats "neither"
         return (now or utcnow()) - parse_duration(text)
-    except ValueError:
-        pass
     try:
         parsed = datetime.fromisoformat(str(text).strip())
     except ValueError:
         raise ValueError(f"Time {text!r} is neither a duration (7d, 12h) nor an ISO date "
                          "(2024-05-01 or 2024-05-01T12:00:00+00:00).") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """Refuses a time window that selects nothing because it ends before it starts.
+
+    Raises:
+        ValueError: ``since`` is after ``until``.
+    """
+    if since is not None and until is not None and since > until:
+        raise ValueError(f"--since {since.isoformat()} is after --until {until.isoformat()}: "
+                         "the window would select nothing; swap them, or give an --until "
+                         "later than --since.")
 
 
 def purge_conditions(cutoff: datetime) -> dict[str, ColumnElement[bool]]:
@@ -150,8 +175,9 @@ def purge(log: EventLog, older_than: timedelta | str, *, dry_run: bool = False,
         ValueError: ``older_than`` is not a valid duration.
     """
     age = parse_duration(older_than) if isinstance(older_than, str) else older_than
-    if age <= timedelta():
-        raise ValueError(f"older_than must be positive, got {age}.")
+    if not timedelta() < age <= MAX_DURATION:
+        raise ValueError(f"older_than must be positive and at most {MAX_DURATION.days} days, "
+                         f"got {age}.")
     cutoff = (now or utcnow()) - age
     conditions = purge_conditions(cutoff)
     deleted: dict[str, int] = {}
@@ -247,8 +273,10 @@ def export(log: EventLog, out_dir: str | os.PathLike[str], *, fmt: str = "parque
         Per table, the file written and its row count.
 
     Raises:
-        ValueError: Unknown format or table name.
+        ValueError: Unknown format or table name, ``since`` after ``until``, or
+            ``out_dir`` (or a parent) is a file.
     """
+    check_window(since, until)
     if fmt not in FORMATS:
         raise ValueError(f"Export format {fmt!r} is not supported; use one of "
                          f"{', '.join(FORMATS)}.")
@@ -256,7 +284,7 @@ def export(log: EventLog, out_dir: str | os.PathLike[str], *, fmt: str = "parque
     unknown = [n for n in names if n not in TABLES]
     if unknown:
         raise ValueError(f"Unknown tables {unknown}; the event log has {', '.join(TABLES)}.")
-    folder = Path(out_dir)
+    folder = output_folder(out_dir, "The export folder")
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, ExportedTable] = {}
     for name in names:

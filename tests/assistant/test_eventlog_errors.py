@@ -7,6 +7,7 @@ on one line, and the database or file given left as it was.
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from assistant.eventlog import EventLog, EventLogError, engine
 from assistant.eventlog.engine import resolve_url
-from assistant.eventlog.retention import purge
+from assistant.eventlog.retention import parse_time, purge
 from retrieval.cli import main
 from tests.assistant.conftest import populate
 
@@ -122,6 +123,46 @@ def test_an_unknown_database_kind_lists_what_is_supported(
     err = _error(capsys)
     assert "unknown database kind" in err and "sqlite:///PATH" in err
     assert "postgresql+psycopg://" in err
+
+
+def test_purge_refuses_a_duration_past_any_date(event_log: EventLog, db_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    populate(event_log)
+    before = event_log.counts()
+    for older_than in ("99999999d", "9" * 400 + "w"):
+        assert main(["logs", "purge", "--older-than", older_than, "--db", str(db_path)]) == 2
+        assert "longer than 100 years (36525d)" in _error(capsys)
+    with pytest.raises(ValueError, match="at most 36525 days"):
+        purge(event_log, timedelta(days=99_999_999))
+    with pytest.raises(ValueError, match="longer than 100 years"):
+        parse_time("99999999d")
+    assert event_log.counts() == before
+
+
+def test_export_into_a_file_fails_before_reading(event_log: EventLog, db_path: Path,
+                                                 tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    populate(event_log)
+    report = tmp_path / "report.txt"
+    report.write_text("keep me\n")
+    for out in (report, report / "export"):
+        assert main(["logs", "export", "--out", str(out), "--db", str(db_path)]) == 2
+        assert "is not a folder" in _error(capsys)
+    assert report.read_text() == "keep me\n"
+
+
+def test_export_refuses_a_window_that_ends_before_it_starts(
+        event_log: EventLog, db_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    populate(event_log)
+    out = tmp_path / "export"
+    assert main(["logs", "export", "--out", str(out), "--db", str(db_path),
+                 "--since", "2024-06-01", "--until", "2024-05-01"]) == 2
+    assert "--since 2024-06-01T00:00:00+00:00 is after --until" in _error(capsys)
+    assert not out.exists()
+    assert main(["logs", "export", "--out", str(out), "--db", str(db_path),
+                 "--since", "1d", "--until", "2d"]) == 2  # 2 days ago is before 1 day ago
+    assert "swap them" in _error(capsys)
 
 
 def test_chat_with_an_unknown_device_is_one_line(monkeypatch: pytest.MonkeyPatch,
