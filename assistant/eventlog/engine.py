@@ -7,13 +7,14 @@ nothing in the writer or the readers is SQLite-specific SQL.
 
 :func:`resolve_url` is the one place a ``--db`` value becomes a URL: a plain path is a
 SQLite file. :func:`database_error` turns the driver's errors a user can cause (a file that
-is no database, a lock held by another process, an unknown dialect) into one-line
-:class:`EventLogError` messages.
+is no database, a lock held by another process) into one-line :class:`EventLogError`
+messages; :func:`connect` does so for a database kind or driver it cannot load.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class SchemaVersionError(EventLogError):
     """The database was written by a different version of the event log schema."""
 
 
-def resolve_url(value: str | URL | None) -> URL:
+def resolve_url(value: str | os.PathLike[str] | URL | None) -> URL:
     """The event log URL for a ``--db`` value: a SQLAlchemy URL, or a path to a SQLite file.
 
     A value without ``://`` is a file path (relative, absolute, ``~/...`` or a Windows
@@ -72,7 +73,7 @@ def resolve_url(value: str | URL | None) -> URL:
     return url
 
 
-def database_error(exc: BaseException, where: str) -> EventLogError | None:
+def database_error(exc: DBAPIError, where: str) -> EventLogError | None:
     """The one-line error for a driver error a user can cause, or ``None`` for others.
 
     Args:
@@ -82,20 +83,12 @@ def database_error(exc: BaseException, where: str) -> EventLogError | None:
     Returns:
         The error to raise instead (``raise ... from exc``), or ``None``.
     """
-    if isinstance(exc, NoSuchModuleError):
-        return EventLogError(f"Event log {where}: unknown database kind "
-                             f"{where.split(':', 1)[0]!r}; give {SUPPORTED_URLS}.")
-    if isinstance(exc, ImportError):
-        return EventLogError(f"Event log {where}: its database driver is not installed "
-                             f"({exc}); install it (e.g. pip install 'psycopg[binary]' for "
-                             f"postgresql+psycopg://) or give {SUPPORTED_URLS}.")
-    if not isinstance(exc, DBAPIError):
-        return None
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     lowered = reason.lower()
     if "not a database" in lowered or "malformed" in lowered:
-        return EventLogError(f"{where} is not a SQLite database ({reason}); give the path "
-                             "of the event log file, or a new path to start one.")
+        return EventLogError(f"{where} is not a SQLite database, or a damaged one ({reason}); "
+                             "give the path of the event log file, or a new path to start "
+                             "one.")
     if "locked" in lowered or "busy" in lowered:
         return EventLogError(f"The event log {where} is locked: another process is writing "
                              f"to it (waited {SQLITE_BUSY_TIMEOUT_S:g} s). Retry when it "
@@ -157,11 +150,17 @@ def connect(url: URL, *, create: bool, **kwargs: Any) -> Engine:
     """
     if url.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        where = url.render_as_string(hide_password=True)
         try:
             return create_engine(url, **kwargs)
-        except (NoSuchModuleError, ImportError) as exc:
-            error = database_error(exc, url.render_as_string(hide_password=True))
-            raise error from exc  # type: ignore[misc]
+        except NoSuchModuleError:
+            raise EventLogError(f"Event log {where}: unknown database kind "
+                                f"{url.drivername!r}; give {SUPPORTED_URLS}.") from None
+        except ImportError as exc:
+            raise EventLogError(
+                f"Event log {where}: its database driver is not installed ({exc}); install "
+                "it (e.g. pip install 'psycopg[binary]' for postgresql+psycopg://) or give "
+                f"{SUPPORTED_URLS}.") from exc
     memory = is_memory(url)
     if memory:  # one shared connection; EventLog serialises every use of it
         kwargs.setdefault("poolclass", StaticPool)

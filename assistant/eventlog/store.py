@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
@@ -28,7 +29,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from assistant.eventlog import readers, rows
 from assistant.eventlog.engine import (
-    DEFAULT_URL,
     WRITE_OPTION,
     EventLogError,
     connect,
@@ -76,7 +76,7 @@ class EventLog:
         self._where = str(url.database) if sqlite and not self._memory else self.url
 
     @classmethod
-    def open(cls, url: str | URL | None = None, *, create: bool = True,
+    def open(cls, url: str | os.PathLike[str] | URL | None = None, *, create: bool = True,
              **engine_kwargs: Any) -> EventLog:
         """Opens (and on first use creates) the event log database.
 
@@ -97,7 +97,7 @@ class EventLog:
                 the URL is not one this install can open.
             SchemaVersionError: The database was written by a newer (or older) schema.
         """
-        engine = connect(resolve_url(url or DEFAULT_URL), create=create, **engine_kwargs)
+        engine = connect(resolve_url(url), create=create, **engine_kwargs)
         log = cls(engine)
         try:
             with log._writing("the schema") as conn:

@@ -74,7 +74,7 @@ def test_a_file_that_is_no_database_is_named(tmp_path: Path, content: bytes,
     path.write_bytes(content)
     assert main(["logs", "purge", "--older-than", "90d", "--db", str(path)]) == 2
     err = _error(capsys)
-    assert f"{path} is not a SQLite database" in err
+    assert f"{path} is not a SQLite database, or a damaged one" in err
     assert path.read_bytes() == content  # not turned into a database, not truncated
     with pytest.raises(EventLogError, match="not a SQLite database"):
         EventLog.open(path)  # the writer, which may create a log, refuses it too
