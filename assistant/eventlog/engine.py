@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from assistant.eventlog.schema import SCHEMA_VERSION, TABLES, meta, metadata, utcnow
+from retrieval.paths import output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def connect(url: URL, *, create: bool, **kwargs: Any) -> Engine:
     Raises:
         EventLogError: The SQLite file is missing and ``create`` is false, the path is a
             folder, or the URL's database kind or driver is unknown here.
+        ValueError: A folder above the SQLite file is a file.
     """
     if url.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
@@ -174,7 +176,8 @@ def connect(url: URL, *, create: bool, **kwargs: Any) -> Engine:
             if not create:
                 raise EventLogError(f"No event log at {path}. Check --db or SHOPASSIST_LOG_DB; "
                                     "the app creates the file on first use.")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            output_folder(path.parent, "The event log's folder").mkdir(parents=True,
+                                                                       exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_S})
     engine = create_engine(url, **kwargs)
     event.listen(engine, "connect", lambda dbapi, _record: _sqlite_pragmas(dbapi, memory=memory))

@@ -176,3 +176,11 @@ def test_chat_with_an_unknown_device_is_one_line(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(SearchEngine, "open", open_engine)
     assert main(["chat", "--device", "gpu", "--message", "hi", "--no-log"]) == 2
     assert "Unknown device 'gpu'" in _error(capsys)
+
+
+def test_a_log_below_a_file_is_refused(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    with pytest.raises(ValueError, match=f"The event log's folder {notes} is not a folder"):
+        EventLog.open(notes / "events.sqlite")
+    assert notes.read_text() == "keep me\n"
