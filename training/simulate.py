@@ -231,7 +231,6 @@ class Simulator:
         kinds: Counter[str] = Counter()
         t0 = time.perf_counter()
         started = 0
-
         saved = t0
 
         def finish() -> None:
@@ -240,10 +239,9 @@ class Simulator:
             summary.encodings = self.searcher.stats()
 
         def so_far() -> SimulationTruth:
-            finish()
-            summary.sessions = started
-            return replace(truth, sessions=started,
-                           summary={**summary.to_dict(), "interrupted": True})
+            finish()  # the running summary keeps counting toward ``sessions``
+            return replace(truth, sessions=started, summary={
+                **summary.to_dict(), "sessions": started, "interrupted": True})
 
         try:
             with progress(sessions, "simulate", "session", show_progress) as bar:

@@ -152,6 +152,28 @@ class InterruptedLog(EventLog):
         return super().log_query(**kw)
 
 
+def test_a_run_that_saves_as_it_goes_still_counts_every_session(sim_engine, tmp_path,
+                                                                monkeypatch):
+    class Clock:  # 20 s per reading: saves after the second of three waves, not the last
+        readings = 0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.readings += 1
+            return cls.readings * 20.0
+
+    monkeypatch.setattr(simulate_module, "WAVE", 2)
+    monkeypatch.setattr(simulate_module, "time", Clock)
+    truth_path = tmp_path / "events.truth.json"
+    with EventLog.open(f"sqlite:///{tmp_path / 'events.sqlite'}") as log:
+        truth = simulate(sim_engine, log, 5, seed=2, truth_path=truth_path,
+                         show_progress=False)
+    saved = SimulationTruth.load(truth_path)
+    for done in (truth, saved):
+        assert done.sessions == 5 and done.summary["sessions"] == 5
+        assert "interrupted" not in done.summary
+
+
 def test_an_interrupted_run_leaves_a_truth_of_every_logged_query(sim_engine, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setattr(simulate_module, "WAVE", 2)
