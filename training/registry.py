@@ -209,22 +209,15 @@ class ModelRegistry:
         path = self.path(kind, version)
         if self.promoted(kind, settings) != path.name:
             return False
-        try:
-            meta = json.loads((path / _ARTIFACTS[kind][1]).read_text())
-        except (OSError, json.JSONDecodeError):
+        sha = _recorded_sha256(path, kind)
+        if sha is None:
             return False
         if kind == "ranker":
             served = serving_ranker_dir(settings.index_dir)
-            if served is None or served.name != path.name:
-                return False
-            try:
-                return json.loads((served / _ARTIFACTS[kind][1]).read_text()).get(
-                    "sha256") == meta.get("sha256")
-            except (OSError, json.JSONDecodeError):
-                return False
+            return (served is not None and served.name == path.name
+                    and _recorded_sha256(served, kind) == sha)
         fusion = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]
-        return fusion.get("kind") == "learned-head" and fusion.get("sha256") == meta.get(
-            "sha256")
+        return fusion.get("kind") == "learned-head" and fusion.get("sha256") == sha
 
     def promote(self, kind: str, version: str, settings: Settings, *,
                 show: bool | None = None) -> str:
@@ -344,3 +337,11 @@ class ModelRegistry:
                               "index_version": index_version,
                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         self._write_promotions(kind, data)
+
+
+def _recorded_sha256(folder: Path, kind: str) -> str | None:
+    """The weights' sha256 that an artifact folder's metadata records (``None``: unreadable)."""
+    try:
+        return json.loads((folder / _ARTIFACTS[kind][1]).read_text()).get("sha256")
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -127,16 +127,22 @@ class EventLog:
         self.close()
 
     @contextlib.contextmanager
-    def _connecting(self) -> Iterator[Connection]:
-        # A new connection runs the pragmas: that is where a file that is no database, or
-        # a lock held by another process, shows first.
+    def _driver_errors(self) -> Iterator[None]:
+        """Raises the driver's errors a user can cause as one-line EventLogErrors."""
         try:
-            conn = self.engine.connect()
+            yield
         except DBAPIError as exc:
             error = database_error(exc, self._where)
             if error is None:
                 raise
             raise error from exc
+
+    @contextlib.contextmanager
+    def _connecting(self) -> Iterator[Connection]:
+        # A new connection runs the pragmas: that is where a file that is no database, or
+        # a lock held by another process, shows first.
+        with self._driver_errors():
+            conn = self.engine.connect()
         with conn:
             yield conn
 
@@ -144,19 +150,15 @@ class EventLog:
     def _writing(self, what: str) -> Iterator[Connection]:
         with self._write_lock, self._connecting() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
-            try:
-                with conn.begin():
-                    yield conn
-            except IntegrityError as exc:
-                raise EventLogError(
-                    f"Could not log {what}: it refers to a conversation, message, query or "
-                    f"impression that does not exist, or repeats a unique key ({exc.orig})."
-                ) from exc
-            except DBAPIError as exc:
-                error = database_error(exc, self._where)
-                if error is None:
-                    raise
-                raise error from exc
+            with self._driver_errors():
+                try:
+                    with conn.begin():
+                        yield conn
+                except IntegrityError as exc:
+                    raise EventLogError(
+                        f"Could not log {what}: it refers to a conversation, message, query "
+                        f"or impression that does not exist, or repeats a unique key "
+                        f"({exc.orig}).") from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
