@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from retrieval.paths import output_folder
 
 logger = logging.getLogger(__name__)
@@ -40,7 +38,8 @@ def register(sub: Any) -> None:
     p.add_argument("--index", help="index folder (default: settings.index_dir, data/index)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--db", default=DEFAULT_SIM_DB,
-                   help=f"event log URL to write (default: {DEFAULT_SIM_DB})")
+                   help=f"event log to write: a SQLite path or a database URL (default: "
+                   f"{DEFAULT_SIM_DB})")
     p.add_argument("--truth", help="ground truth JSON (default: beside a SQLite log, "
                    "<name>.truth.json)")
     p.add_argument("--append", action="store_true", help="add this run to a log that "
@@ -67,7 +66,8 @@ def register(sub: Any) -> None:
         "propensities from the log (randomised lists or regression-EM), add clipped "
         "inverse-propensity weights and a split by session, and write Parquet tables with "
         "their snapshot id.")
-    p.add_argument("--db", required=True, help="event log URL to read")
+    p.add_argument("--db", required=True, help="event log to read: a SQLite path or "
+                   "a database URL")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--index", help="also write catalog self-supervision pairs from this "
                    "index folder")
@@ -83,9 +83,12 @@ def register(sub: Any) -> None:
 
 
 def default_truth_path(db: str) -> Path:
-    """Beside a SQLite log (``events.sqlite`` -> ``events.truth.json``), else the cwd."""
-    url = make_url(db)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+    """Beside a SQLite log (``events.sqlite`` -> ``events.truth.json``; a URL or a plain
+    path), else the cwd."""
+    from assistant.eventlog.engine import is_memory, resolve_url
+
+    url = resolve_url(db)
+    if url.get_backend_name() == "sqlite" and not is_memory(url):
         path = Path(str(url.database))
         return path.with_name(path.stem + ".truth.json")
     return Path("simulation.truth.json")

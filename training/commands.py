@@ -5,7 +5,7 @@ imports happen inside the handlers, so ``shopassist --help`` stays fast.
 
 - ``shopassist train fusion [--config FILE] [--index DIR] [--out models/] [--device auto]
   [--resume]`` — also under ``torchrun --standalone --nproc_per_node N``.
-- ``shopassist train ranker [--config FILE] [--index DIR] [--dataset DIR | --log URL]
+- ``shopassist train ranker [--config FILE] [--index DIR] [--dataset DIR | --log LOG]
   [--out models/] [--device auto] [--resume]``.
 - ``shopassist models list`` / ``promote fusion|ranker VERSION`` / ``rollback fusion|ranker``.
 - ``shopassist eval [--index DIR] [--version latest] [--ranker VERSION] [--sessions LOG
@@ -234,7 +234,8 @@ def _register_train_ranker(kinds: Any, config: argparse.ArgumentParser,
     source = p.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="a `shopassist dataset` folder")
     source.add_argument("--log", "--db", dest="log",
-                        help="an event-log URL (the dataset is built from it; under torchrun "
+                        help="an event log, SQLite path or URL (the dataset is built from it; "
+                        "under torchrun "
                         "spell it --db, as torchrun reads --log* itself)")
     p.add_argument("--out", default=DEFAULT_MODELS, help=f"models folder (default "
                    f"{DEFAULT_MODELS})")
@@ -356,17 +357,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_queries is not None and args.max_queries < 1:
         raise ValueError(f"--max-queries must be at least 1 (got {args.max_queries}).")
     if args.sessions:  # checked before the catalog queries' minutes of work
+        from assistant.eventlog import EventLog
+        from assistant.eventlog.engine import is_memory, resolve_url
         from training.cli import default_truth_path
+        from training.truth import SimulationTruth
 
-        url = args.sessions if "://" in args.sessions else \
-            f"sqlite:///{Path(args.sessions).resolve()}"
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-            raise ValueError(f"No event log at {url.removeprefix('sqlite:///')}: --sessions "
-                             "takes the log `shopassist simulate --db` wrote.")
-        truth = Path(args.truth) if args.truth else default_truth_path(url)
+        url = resolve_url(args.sessions)
+        if url.get_backend_name() == "sqlite" and not is_memory(url) \
+                and not Path(str(url.database)).is_file():
+            raise ValueError(f"No event log at {url.database}: --sessions takes the log "
+                             "`shopassist simulate --db` wrote.")
+        truth = Path(args.truth) if args.truth else default_truth_path(args.sessions)
         if not truth.is_file():
             raise ValueError(f"No ground truth at {truth}: pass --truth, the file `shopassist "
                              "simulate` saved beside the log.")
+        # A damaged truth file or a log that is no database is named now, not after the
+        # catalog queries' minutes of work.
+        SimulationTruth.load(truth)
+        with EventLog.open(args.sessions, create=False):
+            pass
     config = None
     if artifact is None:
         from training.fusion_config import load_fusion_config
@@ -376,8 +385,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 cache_dir=cache, split=args.split, ranker=ranker,
                                 config=config)
     if args.sessions:
-        results.sessions = evaluate_session_log(settings.index_dir, artifact, settings, url,
-                                                truth, ranker=ranker,
+        results.sessions = evaluate_session_log(settings.index_dir, artifact, settings,
+                                                args.sessions, truth, ranker=ranker,
                                                 max_queries=args.max_queries)
     name = artifact.name if artifact is not None else "none"
     out = report_dir or Path("reports") / f"fusion-{name}"

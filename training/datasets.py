@@ -338,6 +338,54 @@ def read_snapshot_id(path: str | Path) -> str | None:
     return value.decode() if value is not None else None
 
 
+def is_log_source(source: str | Path) -> bool:
+    """Whether ``source`` names an event log (a URL, or an existing file: a SQLite path)
+    rather than a ``shopassist dataset`` folder."""
+    return "://" in str(source) or Path(source).expanduser().is_file()
+
+
+def read_impressions(source: str | Path, *, max_weight: float = 10.0,
+                     fractions: Sequence[float] = DEFAULT_FRACTIONS
+                     ) -> tuple[pd.DataFrame, str]:
+    """The impressions table of an event log (URL or SQLite path; the dataset is built
+    from it with ``max_weight`` and ``fractions``) or of a ``shopassist dataset`` folder,
+    with its snapshot id.
+
+    Raises:
+        FileNotFoundError: No such log or folder, or a folder without
+            ``impressions.parquet`` or ``dataset.json``.
+        ValueError: An unreadable ``impressions.parquet``, or one without a snapshot id.
+        assistant.eventlog.EventLogError: A log that cannot be opened.
+    """
+    if is_log_source(source):
+        with EventLog.open(source, create=False) as log:
+            built = build_dataset(log, max_weight=max_weight, fractions=fractions)
+        return built.impressions, built.snapshot_id
+    folder = Path(source).expanduser()
+    rebuild = f"`shopassist dataset --db LOG --out {source}`"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No dataset folder or event log at {folder}; build a "
+                                f"dataset with {rebuild}, or give the log (a SQLite path "
+                                "or URL).")
+    for name in ("dataset.json", "impressions.parquet"):
+        # dataset.json is written last: without it the folder is no finished dataset.
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {folder} is not a finished "
+                                    f"`shopassist dataset` folder; build it with {rebuild}, "
+                                    "or give the event log instead.")
+    try:
+        snapshot = read_snapshot_id(path)
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's message does not name the file
+        raise ValueError(f"{path} is not a readable Parquet table ({exc}); rebuild the "
+                         f"folder with {rebuild}.") from None
+    if snapshot is None:
+        raise ValueError(f"{path} carries no snapshot id; rebuild the folder with "
+                         f"{rebuild}.")
+    return frame, snapshot
+
+
 def write_dataset(dataset: Dataset, out: str | Path,
                   products: Iterable[Product] | None = None) -> dict[str, Path]:
     """Writes ``impressions.parquet``, ``propensities.parquet``, optionally

@@ -71,8 +71,8 @@ class FusionConfig:
         eval_min_relevant: A held-out query is asked only of attributes that at least this
             many held-out products have.
         fractions: Shares of products in train, valid and test.
-        dataset: Logged pairs: a ``shopassist dataset`` folder or an event-log URL ("" =
-            catalog self-supervision only).
+        dataset: Logged pairs: a ``shopassist dataset`` folder or an event log (SQLite
+            path or URL; "" = catalog self-supervision only).
         mixed_precision: ``auto`` (bf16 on CUDA where supported, else fp16; none on CPU),
             ``no``, ``fp16`` or ``bf16``.
         base_shares: Shares of the training-free fusion's cosine blended into the head's

@@ -180,26 +180,15 @@ def _phrasings(view: IndexView, codes: AttributeCodes, split: np.ndarray,
 
 
 def logged_source(source: str) -> tuple[Any, str] | None:
-    """The impressions table of a ``shopassist dataset`` folder or an event-log URL, with
-    its snapshot id; ``None`` when :mod:`training.datasets` is not available."""
+    """The impressions table of a ``shopassist dataset`` folder or an event log (URL or
+    SQLite path), with its snapshot id; ``None`` when :mod:`training.datasets` is not
+    available."""
     try:
         from training import datasets
     except ImportError as exc:  # the dataset builders are optional here
         logger.warning("logged pairs skipped: training.datasets unavailable (%s)", exc)
         return None
-    if "://" in source:
-        from assistant.eventlog import EventLog
-
-        with EventLog.open(source, create=False) as log:
-            built = datasets.build_dataset(log)
-        return built.impressions, built.snapshot_id
-    import pandas as pd
-
-    path = Path(source) / "impressions.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with `shopassist dataset --db "
-                                f"URL --out {source}`.")
-    return pd.read_parquet(path), datasets.read_snapshot_id(path) or digest(str(path))
+    return datasets.read_impressions(source)
 
 
 def logged_pairs(frame: Any, view: IndexView, snapshot: str

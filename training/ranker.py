@@ -155,7 +155,7 @@ def train_ranker(index_dir: str | Path, config: RankerConfig, models_dir: str | 
         config: Training configuration.
         models_dir: Registry root: the artifact goes to ``ranker/vNNNN``, the checkpoint
             to ``ranker/checkpoint``.
-        source: An event-log URL or a ``shopassist dataset`` folder (default
+        source: An event log (SQLite path or URL) or a ``shopassist dataset`` folder (default
             ``config.dataset``).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         resume: Continue the run in ``ranker/checkpoint`` (same config and data).
@@ -187,7 +187,7 @@ def _train(index_dir: str | Path, config: RankerConfig, models_dir: str | Path, 
     source = source or config.dataset
     if data is None and not source:
         raise ValueError("No training data: pass --dataset DIR (from `shopassist dataset`) "
-                         "or --log URL, or set dataset in [train.ranker].")
+                         "or --log LOG (a SQLite path or URL), or set dataset in [train.ranker].")
     accelerator = make_accelerator(device, config.mixed_precision)
     main = accelerator.is_main_process
     registry = ModelRegistry(models_dir)

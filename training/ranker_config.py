@@ -67,7 +67,7 @@ class RankerConfig:
         max_minutes: Training stops (keeping the best epoch) after this many minutes.
         fractions: Shares of sessions in train, valid and test (when the dataset is built
             from an event log here; a dataset folder brings its own split).
-        dataset: A ``shopassist dataset`` folder or an event-log URL.
+        dataset: A ``shopassist dataset`` folder or an event log (SQLite path or URL).
         purchase_value: Serving blend: weight of pCTCVR.
         click_value: Serving blend: weight of pCTR.
         similarity_weight: Serving blend: weight of the engine's fused score (see

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from retrieval.ranker_features import (
     modality,
 )
 from retrieval.search import SHUFFLED
-from training.datasets import SPLITS, build_dataset, read_snapshot_id, split_of
+from training.datasets import SPLITS, read_impressions, split_of
 from training.fusion_encode import IndexView
 from training.ranker_config import RankerConfig
 
@@ -93,41 +92,11 @@ class RankerData:
 
 
 def load_impressions(source: str, config: RankerConfig) -> tuple[pd.DataFrame, str]:
-    """The impressions table of an event-log URL or a ``shopassist dataset`` folder, with
-    its snapshot id.
-
-    Raises:
-        FileNotFoundError: A folder without ``impressions.parquet`` or ``dataset.json``.
-        ValueError: A log without impressions, or an unreadable ``impressions.parquet``.
-    """
-    if "://" in source:
-        from assistant.eventlog import EventLog
-
-        with EventLog.open(source, create=False) as log:
-            built = build_dataset(log, max_weight=config.max_weight,
-                                  fractions=config.fractions)
-        return built.impressions, built.snapshot_id
-    folder = Path(source)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"No dataset folder at {folder}; build one with `shopassist "
-                                f"dataset --db URL --out {source}`, or pass --log URL.")
-    for name in ("dataset.json", "impressions.parquet"):
-        # dataset.json is written last: without it the folder is no finished dataset.
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {folder} is not a finished "
-                                    f"`shopassist dataset` folder; build it with `shopassist "
-                                    f"dataset --db URL --out {source}`, or pass --log URL.")
-    try:
-        snapshot = read_snapshot_id(path)
-        frame = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:  # pyarrow's message does not name the file
-        raise ValueError(f"{path} is not a readable Parquet table ({exc}); rebuild the "
-                         f"folder with `shopassist dataset --db URL --out {source}`.") from None
-    if snapshot is None:
-        raise ValueError(f"{path} carries no snapshot id; rebuild it with `shopassist "
-                         "dataset`.")
-    return frame, snapshot
+    """The impressions table of an event log (URL or SQLite path) or a ``shopassist
+    dataset`` folder, with its snapshot id (:func:`training.datasets.read_impressions`
+    with the config's weight clip and split)."""
+    return read_impressions(source, max_weight=config.max_weight,
+                            fractions=config.fractions)
 
 
 def built_with(config: RankerConfig) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def test_cli_train_list_promote_rollback(simulated, index_copy, tmp_path, capsys
 
     code = main(["train", "ranker", "--config", str(config), *where, "--out", str(out),
                  "--device", "cpu"])
-    assert code != 0 and "--log URL" in capsys.readouterr().err
+    assert code != 0 and "--log LOG" in capsys.readouterr().err
     # A log that is not there is an error message, not a traceback.
     code = main(["train", "ranker", "--config", str(config), *where, "--out", str(out),
                  "--log", f"sqlite:///{tmp_path / 'typo.sqlite'}", "--device", "cpu"])

@@ -233,3 +233,51 @@ def test_truth_files_of_other_shapes_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="No ground truth"):
         SimulationTruth.load(tmp_path / "none.json")
     assert json.loads(path.read_text()) == {"format": 1, "seed": 0}
+
+
+def test_a_plain_sqlite_path_works_for_simulate_dataset_and_training(sim_engine, tmp_path,
+                                                                     capsys):
+    """``--db events.sqlite`` as the app's commands take it: the truth lands beside it, and
+    the training readers tell the log (a file) from a dataset folder."""
+    from training.fusion_data import logged_source
+    from training.ranker_data import load_impressions
+
+    from .ranker_fixtures import tiny_ranker_config
+
+    db = tmp_path / "events.sqlite"
+    assert main(["simulate", "--index", str(sim_engine.settings.index_dir), "--db", str(db),
+                 "--device", "cpu", "--sessions", "3"]) == 0
+    truth = SimulationTruth.load(tmp_path / "events.truth.json")
+    assert logged_queries(db) <= set(truth.queries)
+    assert main(["dataset", "--db", str(db), "--out", str(tmp_path / "ds")]) == 0
+    config = tiny_ranker_config()
+    from_log, snapshot = load_impressions(str(db), config)
+    from_folder, same = load_impressions(str(tmp_path / "ds"), config)
+    assert snapshot == same and len(from_log) == len(from_folder) > 0
+    assert logged_source(str(db))[1] == snapshot
+    with pytest.raises(FileNotFoundError, match="No dataset folder or event log at"):
+        load_impressions(str(tmp_path / "nowhere"), config)
+
+
+def test_eval_sessions_names_a_bad_truth_or_log_before_the_catalog_work(
+        sim_engine, simulated, tmp_path, capsys, monkeypatch):
+    import training.fusion_report
+
+    def catalog_evaluation(*args, **kwargs):
+        raise AssertionError("the catalog evaluation ran before the log was checked")
+
+    monkeypatch.setattr(training.fusion_report, "evaluate_artifact", catalog_evaluation)
+    db = Path(simulated[0].removeprefix("sqlite:///"))
+    truth = tmp_path / "broken.truth.json"
+    truth.write_text('{"format": 1,')
+    argv = ["eval", "--index", str(sim_engine.settings.index_dir), "--version", "none",
+            "--models", str(tmp_path / "models"), "--report", str(tmp_path / "report")]
+    assert main([*argv, "--sessions", str(db), "--truth", str(truth)]) == 2
+    err = error_of(capsys)
+    assert str(truth) in err and "is not valid JSON" in err
+    not_a_log = tmp_path / "notes.sqlite"
+    not_a_log.write_text("shopping list")
+    good = simulated[1].save(tmp_path / "good.truth.json")
+    assert main([*argv, "--sessions", str(not_a_log), "--truth", str(good)]) == 2
+    assert "is not a SQLite database" in error_of(capsys)
+    assert not_a_log.read_text() == "shopping list"
