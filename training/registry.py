@@ -37,6 +37,7 @@ from typing import Any
 from retrieval.config import Settings
 from retrieval.fusion_head import ArtifactError, load_head
 from retrieval.manifest import IndexLayout, read_manifest
+from retrieval.publish import HEAD_DIR
 from retrieval.ranker import (
     RANKERS_DIR,
     load_ranker,
@@ -282,7 +283,7 @@ class ModelRegistry:
         else:
             stack.pop()
         target = stack[-1] if stack else None
-        path = self.path(kind, target) if target else None
+        path = self._fusion_copy(settings, target) if target else None
         if path is not None:
             load_head(path)
         index_version, _ = refuse(settings, path, show=show)
@@ -324,6 +325,31 @@ class ModelRegistry:
                          f"{self.folder('ranker')} nor kept in {kept.parent}. Restore it, or "
                          "promote another ranker (`shopassist models promote ranker "
                          "VERSION`); nothing was changed.")
+
+    def _fusion_copy(self, settings: Settings, version: str) -> Path:
+        """The artifact of a previously promoted fusion head: the models folder's, or the
+        copy inside the index version it last fused, while the index keeps that version
+        (it keeps the two newest, so the one before the serving version is there).
+
+        Raises:
+            ValueError: Neither exists (the message says how to go on).
+        """
+        own = self.folder("fusion") / version
+        if own.is_dir():
+            return own
+        log = self._read_promotions("fusion")["indexes"].get(_index_key(settings), {})
+        made = [e["index_version"] for e in log.get("log", []) if e.get("version") == version]
+        layout = IndexLayout(Path(settings.index_dir))
+        for index_version in reversed(made):
+            kept = layout.versions_dir / index_version / HEAD_DIR
+            if kept.is_dir():
+                logger.info("fusion head %s is not in %s; using the copy in %s", version,
+                            self.folder("fusion"), kept)
+                return kept
+        raise ValueError(f"Cannot roll back to fusion head {version}: it is not in "
+                         f"{self.folder('fusion')}, and no index version {settings.index_dir} "
+                         "still keeps was fused with it. Restore it, or promote another head "
+                         "(`shopassist models promote fusion VERSION`); nothing was changed.")
 
     def _record(self, kind: str, settings: Settings, action: str, version: str | None,
                 index_version: str, stack: list[str] | None = None) -> None:

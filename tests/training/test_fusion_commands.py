@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,45 @@ def test_models_list_promote_search_and_rollback(models, small_index, capsys):
     code, _, err = run_cli(capsys, "--config", str(models / "shopassist.toml"), "models",
                            "rollback", "fusion", *where)
     assert code != 0 and "Nothing to roll back" in err
+
+
+def test_rollback_uses_the_index_copy_of_a_deleted_head(models, small_index, tmp_path,
+                                                        capsys):
+    """The index keeps the head it was fused with, so rolling back to a head whose models
+    folder copy was deleted still works while the index keeps that version."""
+    settings = small_index.replace(index_dir=tmp_path / "index")
+    shutil.copytree(small_index.index_dir, settings.index_dir)
+    config = write_config(tmp_path / "shopassist.toml", small_index, epochs=1, seed=7)
+    store = tmp_path / "models"
+    shutil.copytree(models / "models" / "fusion" / "v0001", store / "fusion" / "v0001")
+    assert main(["train", "fusion", "--config", str(config), "--index",
+                 str(settings.index_dir), "--out", str(store), "--cache",
+                 str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    registry = ModelRegistry(store)
+    first = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())
+    registry.promote("fusion", "v0001", settings)
+    head_of_v0001 = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]
+    registry.promote("fusion", "v0002", settings)
+    shutil.rmtree(store / "fusion" / "v0001")
+    where = ["--models", str(store), "--index", str(settings.index_dir)]
+    code, out, err = run_cli(capsys, "--config", str(config), "models", "rollback", "fusion",
+                             *where)
+    assert code == 0 and "v0001" in out, err
+    serving = read_manifest(IndexLayout(Path(settings.index_dir)).version_dir())["fusion"]
+    assert serving["version"] == head_of_v0001["version"] != first["fusion"].get("version")
+    assert registry.promoted("fusion", settings) == "v0001"
+    assert SearchEngine.open(settings=settings).search(text="red dresses", k=3).hits
+
+    # Once the index no longer keeps a version fused with it: a clear error, no change.
+    registry.promote("fusion", "v0002", settings)
+    layout = IndexLayout(Path(settings.index_dir))
+    for name in layout.versions()[:-1]:  # what a rebuild's pruning would leave
+        shutil.rmtree(layout.versions_dir / name)
+    serving = layout.current()
+    code, _, err = run_cli(capsys, "--config", str(config), "models", "rollback", "fusion",
+                           *where)
+    assert code == 2 and "Cannot roll back to fusion head v0001" in err and "promote" in err
+    assert layout.current() == serving and registry.promoted("fusion", settings) == "v0002"
 
 
 def test_eval_writes_a_report_with_plots(models, small_index, capsys, tmp_path):
