@@ -9,6 +9,7 @@ every process learns the decision (:func:`agree_on_stop`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,14 @@ def finish_step(accelerator: Any, loss: torch.Tensor, parts: Mapping[str, torch.
     """
     # A CPU-GPU sync point, once per step: a NaN step poisons every later one, and the
     # head would be registered and served with NaN weights.
-    if not bool(torch.isfinite(loss.detach())):
+    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if accelerator.num_processes > 1:
+        # Every process must stop together: one that raised alone would leave the others
+        # waiting in the next gradient all-reduce until the collective's timeout.
+        finite = accelerator.reduce(finite, reduction="mean")
+    if bool(finite < 1):
         raise TrainingDiverged(
-            f"The training loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+            f"The training loss became {_loss_text(loss)} at epoch {epoch + 1}, step "
             f"{state['step'] + 1} (learning rate {scheduler.get_last_lr()[0]:g}): training "
             f"diverged and nothing was registered. Lower lr (or the loss weights) in {table} "
             "and train again without --resume.")
@@ -59,6 +65,13 @@ def finish_step(accelerator: Any, loss: torch.Tensor, parts: Mapping[str, torch.
     bar.update(1)
     if hasattr(bar, "set_postfix"):
         bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch + 1)
+
+
+def _loss_text(loss: torch.Tensor) -> str:
+    """The diverged loss for the message (finite here: another process's was not)."""
+    value = float(loss.detach())
+    return f"non-finite in another process ({value} here)" if math.isfinite(value) \
+        else str(value)
 
 
 def close_epoch(state: dict[str, Any], *, value: float, metrics: Mapping[str, Any],

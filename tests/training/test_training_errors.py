@@ -18,6 +18,7 @@ from retrieval.fusion_head import ArtifactError
 from retrieval.ranker import RANKER_FILE, load_ranker, save_ranker, serving_ranker_dir
 from tests.training import ranker_fixtures
 from tests.training.ranker_fixtures import tiny_ranker_config
+from tests.training.test_fusion_commands import ROOT
 from training.commands import _resume_hint
 from training.datasets import build_dataset, write_dataset
 from training.fusion_checkpoint import CheckpointError
@@ -104,6 +105,55 @@ def test_a_diverging_run_stops_and_registers_nothing(sim_engine, data, tmp_path)
         train_ranker(sim_engine.settings.index_dir, tiny_ranker_config(lr=1e9, epochs=3),
                      out, data=data, device="cpu", show=False)
     assert ModelRegistry(out).versions("ranker") == []
+
+
+ONE_RANK_DIVERGES = """
+import torch
+from accelerate import Accelerator
+from training.loop import TrainingDiverged, finish_step
+
+accelerator = Accelerator(cpu=True)
+model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+state = {"step": 0}
+for step in range(3):
+    loss = model(torch.ones(4, 3)).pow(2).mean()
+    if step == 1 and accelerator.process_index == 1:
+        loss = loss * float("nan")
+    try:
+        finish_step(accelerator, loss, {}, optimizer, scheduler, state, epoch=0,
+                    main=accelerator.is_main_process, history={"steps": []}, sums={},
+                    bar=None if not accelerator.is_main_process else type(
+                        "Bar", (), {"update": lambda self, n: None})())
+    except TrainingDiverged as exc:
+        with open(f"rank{accelerator.process_index}.txt", "w") as out:  # the cwd
+            out.write(f"stopped at step {state['step']}: {exc}")
+        break
+"""
+
+
+def test_a_loss_diverging_in_one_process_stops_every_process(tmp_path):
+    """Under torchrun a NaN in one process's loss stops all of them at the same step;
+    raising in that process alone left the other waiting in the gradient all-reduce."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "diverge.py"
+    script.write_text(ONE_RANK_DIVERGES)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    stopped = [tmp_path / f"rank{rank}.txt" for rank in (0, 1)]
+    assert all(path.is_file() for path in stopped), done.stderr[-3000:]
+    first, second = (path.read_text() for path in stopped)
+    assert first.startswith("stopped at step 1: The training loss became non-finite in "
+                            "another process")
+    assert second.startswith("stopped at step 1: The training loss became nan")
 
 
 def test_an_artifact_with_non_finite_weights_is_not_promoted(trained_ranker, index_copy,
