@@ -26,10 +26,15 @@ EXIT_USAGE = 2
 
 
 def setup_logging(verbose: int = 0) -> None:
-    """One logging set-up per process: warnings by default, ``-v`` info, ``-vv`` debug."""
+    """One logging set-up per process: warnings by default, ``-v`` info, ``-vv`` debug.
+
+    Progress on long work is always reported: off a terminal, where no bar is drawn, its
+    log line every 10 % (:mod:`retrieval.progress`) is what a redirected build shows.
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("retrieval.progress").setLevel(min(level, logging.INFO))
     try:  # transformers' "Loading weights" bars are noise on every model load
         from transformers.utils import logging as hf_logging
 

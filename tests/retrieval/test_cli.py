@@ -152,7 +152,10 @@ def test_console_script(cli_env, tmp_path):
         pytest.skip("shopassist is not installed in this environment")
     catalog = write_catalog(tmp_path / "cat", n=8)
     env = {**os.environ, **cli_env}
-    subprocess.run([exe, "ingest", str(catalog)], check=True, env=env, capture_output=True)
+    built = subprocess.run([exe, "ingest", str(catalog)], check=True, env=env,
+                           capture_output=True, text=True)
+    # Off a terminal there is no bar: the build still reports its progress, as log lines.
+    assert "images: 8/8 img (100%" in built.stderr and "store: 8/8 vec" in built.stderr
     proc = subprocess.run([exe, "search", "--text", "red", "--json"], env=env,
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout)[0]["product_id"].startswith("P")
