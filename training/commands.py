@@ -276,6 +276,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
           "not; judge it with `shopassist eval --ranker VERSION [--sessions LOG]` before "
           "promoting)")
     print(f"promote it with: shopassist models promote ranker {result.version}")
+    _print_cautions(result.version, result.metrics)
     return 0
 
 
@@ -311,9 +312,20 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
               f"{settings.index_dir}; nothing to do")
         return 0
     index_version = registry.promote(args.kind, args.version, settings)
-    print(f"{args.kind} {registry.path(args.kind, args.version).name} now serves "
-          f"{settings.index_dir} (index version {index_version})")
+    path = registry.path(args.kind, args.version)
+    print(f"{args.kind} {path.name} now serves {settings.index_dir} (index version "
+          f"{index_version})")
+    if args.kind == "ranker":
+        [entry] = [e for e in registry.entries("ranker") if e.version == path.name]
+        _print_cautions(path.name, entry.metrics)
     return 0
+
+
+def _print_cautions(version: str, metrics: dict[str, Any]) -> None:
+    from training.registry import ranker_cautions
+
+    for caution in ranker_cautions(version, metrics):
+        print(f"warning: {caution}", file=sys.stderr)
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:

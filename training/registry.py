@@ -72,6 +72,36 @@ class ModelEntry:
     promoted_for: tuple[str, ...] = ()
 
 
+# Held-out lists with a purchase, shown shuffled, below which a ranker's test figures are
+# noise: at 30 the standard error of a mean NDCG@10 is still about 0.05.
+MIN_JUDGED_LISTS = 30
+
+
+def ranker_cautions(version: str, metrics: dict[str, Any]) -> list[str]:
+    """What a shop should know before serving ranker ``version``, from its test figures
+    (empty when nothing stands out).
+
+    Lists shown in the engine's order favour the engine's order, so only the lists shown
+    shuffled (exploration traffic) can show a ranker is worse than similarity order, and
+    only when there are enough of them (:data:`MIN_JUDGED_LISTS`).
+    """
+    shuffled = metrics.get("test_shuffled") or {}
+    judged = int(shuffled.get("queries purchased", 0) or 0)
+    check = f"`shopassist eval --ranker {version} --sessions LOG`"
+    if judged < MIN_JUDGED_LISTS:
+        return [f"ranker {version} was judged on {judged} held-out list(s) with a purchase "
+                f"shown shuffled (fewer than {MIN_JUDGED_LISTS}): its test figures cannot tell "
+                "it from similarity order. Log more exploration traffic ([assistant] explore, "
+                f"or `shopassist simulate --explore`) and retrain, or judge it with {check}."]
+    ours, base = shuffled.get("ranker purchased"), shuffled.get("similarity purchased")
+    if ours is not None and base is not None and ours < base:
+        return [f"ranker {version} ranks held-out purchases below similarity order on "
+                f"{judged} lists shown shuffled (NDCG@10 {ours:.3f} vs {base:.3f}): serving it "
+                f"would likely sell less. Judge it with {check}, or roll it back with "
+                "`shopassist models rollback ranker`."]
+    return []
+
+
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"Unknown model kind {kind!r}; known: {', '.join(KINDS)}.")

@@ -23,7 +23,7 @@ from retrieval.recommend import complementary, similar
 from retrieval.search import SearchEngine
 from tests.training import ranker_fixtures
 from tests.training.ranker_fixtures import tiny_ranker_config
-from training.registry import ModelRegistry
+from training.registry import MIN_JUDGED_LISTS, ModelRegistry, ranker_cautions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 trained_ranker = ranker_fixtures.trained_ranker
@@ -209,7 +209,10 @@ def test_cli_train_list_promote_rollback(simulated, index_copy, tmp_path, capsys
     assert "No index at" in capsys.readouterr().err and not typo.exists()
     assert main(["--config", str(config), "models", "promote", "ranker", "latest",
                  "--models", str(out), *where]) == 0
-    assert "v0001 now serves" in capsys.readouterr().out
+    promoted = capsys.readouterr()
+    assert "v0001 now serves" in promoted.out
+    # no list of this log was shown shuffled: the shop is told its figures prove nothing
+    assert promoted.err.startswith("warning: ranker v0001 was judged on 0 held-out list(s)")
     assert main(["models", "list", "--models", str(out), *where, "--json"]) == 0
     [entry] = json.loads(capsys.readouterr().out)
     assert entry["promoted_for"] == [str(index_copy.index_dir.resolve())]
@@ -226,6 +229,21 @@ def test_cli_train_list_promote_rollback(simulated, index_copy, tmp_path, capsys
                  "--log", f"sqlite:///{tmp_path / 'typo.sqlite'}", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("error: No event log at") and "typo.sqlite" in err
+
+
+def test_cautions_name_thin_evidence_and_a_ranker_worse_than_similarity():
+    def shuffled(n: int, ours: float, base: float) -> dict:
+        return {"test_shuffled": {"queries purchased": n, "ranker purchased": ours,
+                                  "similarity purchased": base}}
+
+    [thin] = ranker_cautions("v0003", shuffled(MIN_JUDGED_LISTS - 1, 0.9, 0.5))
+    assert f"judged on {MIN_JUDGED_LISTS - 1} held-out list(s)" in thin
+    assert "shopassist eval --ranker v0003 --sessions LOG" in thin
+    [worse] = ranker_cautions("v0003", shuffled(MIN_JUDGED_LISTS, 0.61, 0.64))
+    assert "below similarity order on 30 lists shown shuffled (NDCG@10 0.610 vs 0.640)" \
+        in worse
+    assert ranker_cautions("v0003", shuffled(MIN_JUDGED_LISTS, 0.70, 0.64)) == []
+    assert "judged on 0" in ranker_cautions("v0003", {"test": {"queries purchased": 500}})[0]
 
 
 def test_scores_are_finite_for_every_candidate(trained_ranker, sim_engine):
