@@ -511,7 +511,9 @@ class SearchEngine:
             return [SearchHit(self.products[r], i + 1, 0.0, {}, tuple(filters.describe()))
                     for i, r in enumerate(rows)], True
         per_slot, total = self.score_rows(query, boosts, rows, fused_query)
-        order = np.argsort(-total, kind="stable")[:k]
+        # Equal scores (one photo on several products) go in catalog order, not in the
+        # order the ANN index happened to return them: the same query, the same list.
+        order = np.lexsort((rows, -total))[:k]
         chips = filters.describe()
         out = []
         for rank, j in enumerate(order, start=1):

@@ -230,6 +230,16 @@ def test_primed_searches_match_the_engine(sim_engine):
         assert got.filters == want.filters
 
 
+def test_equal_scores_come_in_catalog_order(sim_engine):
+    """Products sharing a photo tie on a photo query: they are listed in catalog order
+    whatever order the ANN index returns them in, so a query always gives the same list."""
+    result = sim_engine.search(image=PhotoSource(sim_engine.products, seed=1).photo(3), k=10)
+    assert not result.exact
+    listed = [(-h.score, sim_engine.row_of[h.product.product_id]) for h in result.hits]
+    assert listed == sorted(listed)  # by score, then catalog row
+    assert len({score for score, _ in listed}) < len(listed)  # it has ties to order
+
+
 def test_query_words_say_what_the_shopper_means(sim_engine):
     """The engine's parser reads back the attributes and price cap each phrasing carries."""
     from training.queries import TEXT, new_intent, nice_cap
