@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from retrieval.encoders.base import l2_normalise
 
@@ -107,8 +108,16 @@ def slot_scores(query: Mapping[str, np.ndarray], products: Mapping[str, np.ndarr
     Returns:
         Slot name -> ``(m,)`` float32 cosines.
     """
-    return {name: products[name].astype(np.float32) @ vec.astype(np.float32)
-            for name, vec in query.items()}
+    return {name: matvec(products[name], vec) for name, vec in query.items()}
+
+
+def matvec(matrix: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """``matrix @ vec`` in float32, computed by torch: in the encoders' thread pool. numpy's
+    OpenBLAS keeps its own threads spinning for a while after a large product, and on 2
+    cores the next query's torch encoder ran at a third of its speed beside them (words
+    under a broad filter at 44k: 45 → 26 ms p50, 138 → 31 ms p99)."""
+    return (torch.from_numpy(np.ascontiguousarray(matrix)).float()
+            @ torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))).numpy()
 
 
 def weighted_score(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]

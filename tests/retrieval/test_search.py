@@ -126,6 +126,29 @@ def test_exact_and_approximate_paths_agree(engine, monkeypatch, post_filter_shar
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("cells", [10**9, 0], ids=["scored exactly", "Chroma-filtered"])
+def test_a_broad_filter_far_from_the_query_falls_back(engine, monkeypatch, cells):
+    """Too few of the unfiltered nearest pass a broad filter: the allowed products are
+    scored exactly when that is cheap, else Chroma's filtered query is asked; the same
+    list either way."""
+    filters = Filters(include={"gender": ("Women",)})
+    exact = engine.search(text="blue", filters=filters, k=8, parse_text=False)
+    monkeypatch.setattr(search_module, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(search_module, "POST_FILTER_SHARE", 0.0)
+    monkeypatch.setattr(search_module, "POST_FILTER_MAX", 2)  # the first try finds too few
+    monkeypatch.setattr(search_module, "EXACT_FALLBACK_CELLS", cells)
+    asked = []
+    query = engine.store.query
+    monkeypatch.setattr(engine.store, "query",
+                        lambda vector, n, where=None: asked.append(where) or query(vector, n,
+                                                                                   where))
+    fallback = engine.search(text="blue", filters=filters, k=8, parse_text=False)
+    assert fallback.exact == bool(cells)
+    assert asked[0] is None and (asked[1:] == [] if cells else asked[1:] != [])
+    assert [h.product.product_id for h in fallback.hits] == \
+        [h.product.product_id for h in exact.hits]
+
+
 def test_filters_only_browse_and_bad_arguments(engine):
     result = engine.search(filters=Filters(include={"category": ("Watches",)}), k=50)
     assert result.hits and all(h.product.category == "Watches" for h in result.hits)
