@@ -185,6 +185,17 @@ def connect(url: URL, *, create: bool, **kwargs: Any) -> Engine:
     return engine
 
 
+def schema_current(conn: Connection) -> bool:
+    """Whether the database already holds every event log table at this code's schema
+    version: then opening it needs no write (nor its lock)."""
+    inspector = inspect(conn)
+    if not inspector.has_table(meta.name):
+        return False
+    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return version is not None and int(version) == SCHEMA_VERSION and all(
+        inspector.has_table(name) for name in TABLES)
+
+
 def prepare_schema(conn: Connection, *, where: str, create: bool) -> None:
     """Checks the recorded schema version and creates missing tables (in ``conn``'s transaction).
 

@@ -36,6 +36,7 @@ from assistant.eventlog.engine import (
     is_memory,
     prepare_schema,
     resolve_url,
+    schema_current,
 )
 from assistant.eventlog.pii import mask
 from assistant.eventlog.readers import ConversationRecord, LabelledImpression
@@ -100,8 +101,13 @@ class EventLog:
         engine = connect(resolve_url(url), create=create, **engine_kwargs)
         log = cls(engine)
         try:
-            with log._writing("the schema") as conn:
-                prepare_schema(conn, where=log.url, create=create)
+            # A log at this schema opens with a read: a writer holding the lock (a long
+            # purge) does not keep the app, an export or a dataset build from starting.
+            with log._driver_errors(), log.reading() as conn:
+                current = schema_current(conn)
+            if not current:
+                with log._writing("the schema") as conn:
+                    prepare_schema(conn, where=log.url, create=create)
         except BaseException:
             engine.dispose()
             raise

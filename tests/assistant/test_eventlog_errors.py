@@ -115,6 +115,19 @@ def test_a_locked_log_says_another_process_is_writing(
     assert event_log.counts() == before  # nothing purged
 
 
+def test_a_log_being_written_still_opens_for_reading(
+        short_busy_timeout: None, locked: sqlite3.Connection, event_log: EventLog,
+        db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Opening a log at this schema takes no write lock: while another process writes
+    (a long purge), the app starts, and exports and dataset builds read."""
+    before = event_log.counts()
+    with EventLog.open(db_path) as again:  # as the app opens it
+        assert again.counts() == before
+    assert main(["logs", "export", "--out", str(tmp_path / "out"), "--db",
+                 str(db_path)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "conversations.parquet").is_file()
+
+
 @pytest.mark.parametrize("url", ["foo://x", "postgres://shop@db/events",
                                  "postgresql+nosuchdriver://shop@db/events"])
 def test_an_unknown_database_kind_lists_what_is_supported(
