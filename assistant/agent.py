@@ -25,6 +25,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from assistant.config import AssistantSettings
+from assistant.eventlog.store import best_effort
 from assistant.guards import safe_answer
 from assistant.prompts import load_prompt, system_prompt
 from assistant.session import Session
@@ -354,12 +355,10 @@ class Conversation:
     def _on_tool(self, record: ToolCallRecord) -> None:
         self._records.append(record)
         if self.assistant.log is not None:
-            try:
+            with best_effort("a tool call"):
                 self.assistant.log.log_tool_call(
                     self.session.conversation_id, record.name, record.arguments,
                     duration_ms=record.duration_ms, error=record.error)
-            except Exception:
-                logger.exception("could not log a tool call")
 
     def _result(self, new: list[BaseMessage], backend: str, fallback: str | None,
                 seconds: float) -> TurnResult:
@@ -391,34 +390,28 @@ class Conversation:
     def _log_start(self) -> None:
         if self._logged_start or self.assistant.log is None:
             return
-        try:
+        with best_effort("the conversation start"):
             self.assistant.log.start_conversation(
                 conversation_id=self.session.conversation_id, channel=self.session.channel,
                 llm_backend=self.assistant.llm_name, meta=self._meta or None)
-        except Exception:
-            logger.exception("could not log the conversation start")
         self._logged_start = True
 
     def _log_message(self, role: str, text: str, uploads: list[str], **meta: Any) -> None:
         if self.assistant.log is None:
             return
-        try:
+        with best_effort("a message"):
             self.assistant.log.log_message(
                 self.session.conversation_id, role, text, has_image=bool(uploads),
                 upload_ref=",".join(uploads) or None,
                 meta={k: v for k, v in meta.items() if v} or None)
-        except Exception:
-            logger.exception("could not log a message")
 
     def _log_fallback(self, reason: str) -> None:
         if self.assistant.log is None:
             return
-        try:
+        with best_effort("a fallback"):
             self.assistant.log.log_tool_call(self.session.conversation_id, "llm_backend",
                                              {"backend": self.assistant.llm_name},
                                              error=f"fell back to rules: {reason}")
-        except Exception:
-            logger.exception("could not log a fallback")
 
 
 def _trim(history: list[BaseMessage]) -> list[BaseMessage]:

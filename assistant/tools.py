@@ -24,6 +24,7 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from assistant.eventlog.store import best_effort
 from assistant.prompts import load_prompt
 from assistant.session import Session
 from retrieval.catalog import Product
@@ -279,15 +280,13 @@ class ShopTools:
         if not result.hits:
             out["note"] = "No product matched; suggest relaxing one constraint."
         if self.log is not None:
-            try:
+            with best_effort(f"the {tool} query"):  # never breaks a shopper's search
                 out["query_id"] = self.log.log_query(
                     conversation_id=self.session.conversation_id, text=text,
                     has_image=image_ref is not None, image_ref=image_ref,
                     filters=result.filters.to_dict(), result=result,
                     index_version=result.index_version, model_version=result.model_version,
                     latency_ms=result.timings_ms.get("total"))
-            except Exception:  # the log must never break a shopper's search
-                logger.exception("could not log the %s query", tool)
         return out
 
     # -- LangChain ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import streamlit as st
 
 from assistant.agent import Conversation, ShopAssistant, TurnResult
+from assistant.eventlog.store import best_effort
 from retrieval.images import ImageError
 from ui.chips import SEARCH_TOOLS, without_chip
 from ui.display import card_facts, display_dir, display_image, md_escape, price_label, why_label
@@ -157,12 +158,11 @@ def run_turn(state: ShopState, conversation: Conversation, text: str,
 
 def _feedback(conversation: Conversation, kind: str, product_id: str,
               query_id: str | None, value: float | None = None) -> bool:
-    try:
+    recorded = False
+    with best_effort(f"{kind} feedback"):  # the log must never break the shop
         conversation.feedback(kind, product_id=product_id, query_id=query_id, value=value)
-        return True
-    except Exception:  # the log must never break the shop
-        logger.exception("could not record %s feedback", kind)
-        return False
+        recorded = True
+    return recorded
 
 
 def _on_feedback(entry_id: int, product_id: str, kind: str) -> None:

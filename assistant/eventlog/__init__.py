@@ -11,8 +11,8 @@ from assistant.eventlog.engine import DEFAULT_URL, EventLogError, SchemaVersionE
 from assistant.eventlog.pii import mask, mask_data
 from assistant.eventlog.readers import ConversationRecord, LabelledImpression
 from assistant.eventlog.schema import FEEDBACK_KINDS, ROLES, SCHEMA_VERSION
-from assistant.eventlog.store import EventLog
+from assistant.eventlog.store import EventLog, best_effort
 
 __all__ = ["DEFAULT_URL", "FEEDBACK_KINDS", "ROLES", "SCHEMA_VERSION", "ConversationRecord",
-           "EventLog", "EventLogError", "LabelledImpression", "SchemaVersionError", "mask",
-           "mask_data"]
+           "EventLog", "EventLogError", "LabelledImpression", "SchemaVersionError", "best_effort",
+           "mask", "mask_data"]

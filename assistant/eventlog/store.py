@@ -52,6 +52,18 @@ from assistant.eventlog.schema import meta as meta_table
 
 logger = logging.getLogger(__name__)
 
+@contextlib.contextmanager
+def best_effort(what: str) -> Iterator[None]:
+    """Runs a write the app must survive: a log that is locked, gone or full costs one
+    warning line; any other error (a bug) is logged with its traceback. Never raises."""
+    try:
+        yield
+    except EventLogError as exc:
+        logger.warning("could not log %s: %s", what, exc)
+    except Exception:
+        logger.exception("could not log %s", what)
+
+
 class EventLog:
     """Conversations, searches, impressions and feedback: the assistant's training data.
 

@@ -93,6 +93,36 @@ def test_a_search_turn_returns_products_and_logs_everything(engine, log):
         [p["id"] for p in result.products]
 
 
+def test_a_locked_log_costs_warnings_not_the_turn(engine, log, tmp_path, monkeypatch,
+                                                  caplog):
+    """Another process holds the log's write lock through a whole turn: the shopper gets
+    the products, and each write that could not wait is one warning line, no traceback."""
+    import sqlite3
+
+    from assistant.eventlog import engine as log_engine
+
+    monkeypatch.setattr(log_engine, "SQLITE_BUSY_TIMEOUT_S", 0.1)
+    with EventLog.open(f"sqlite:///{tmp_path / 'busy.sqlite'}") as busy:
+        other = sqlite3.connect(tmp_path / "busy.sqlite", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        bot = assistant_with(engine, busy, [
+            call("text_search", {"query": "red tshirt for men", "k": 3}),
+            AIMessage(content="Here are red T-shirts for men."),
+        ])
+        with caplog.at_level("WARNING"):
+            result = bot.conversation().turn("red tshirt for men")
+        other.rollback()
+        other.close()
+        assert result.answer == "Here are red T-shirts for men." and result.products
+        failed = [r for r in caplog.records if r.getMessage().startswith("could not log")]
+        assert {r.getMessage().split(":")[0] for r in failed} >= {
+            "could not log the conversation start", "could not log a message",
+            "could not log the text_search query", "could not log a tool call"}
+        assert all(r.levelname == "WARNING" and r.exc_info is None and
+                   "locked" in r.getMessage() for r in failed)
+        assert busy.counts()["messages"] == 0
+
+
 def test_photos_reach_tools_by_reference(engine, log, tmp_path):
     keys = engine.records.image_keys
     row = next(i for i, k in enumerate(keys) if keys.count(k) == 1)  # a photo with no twin
