@@ -155,7 +155,7 @@ def cmd_logs_purge(args: argparse.Namespace) -> int:
     try:
         age = parse_duration(args.older_than)
         with _open_log(args) as log:
-            counts = purge(log, age, dry_run=args.dry_run)
+            counts = purge(log, age, dry_run=args.dry_run, show=None)
             where = log.url
     except EventLogError as exc:
         return _fail(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -54,6 +55,7 @@ _UNITS = {"s": "seconds", "sec": "seconds", "secs": "seconds", "second": "second
           "days": "days", "w": "weeks", "wk": "weeks", "wks": "weeks", "week": "weeks",
           "weeks": "weeks"}
 _PART = re.compile(r"(\d+)\s*([a-z]+)")
+PURGE_BATCH_ROWS = 20_000  # rows per purge transaction, roughly (see purge)
 MAX_DURATION = timedelta(days=36525)  # 100 years: longer is a typo, and overflows dates
 
 
@@ -159,14 +161,22 @@ def purge_conditions(cutoff: datetime) -> dict[str, ColumnElement[bool]]:
 
 
 def purge(log: EventLog, older_than: timedelta | str, *, dry_run: bool = False,
-          now: datetime | None = None) -> dict[str, int]:
+          now: datetime | None = None, batch_rows: int = PURGE_BATCH_ROWS,
+          show: bool | None = False) -> dict[str, int]:
     """Deletes events older than a duration, with every row that depends on them.
+
+    A large purge runs as several short transactions, each a complete purge at an earlier
+    cutoff (the oldest events first, about ``batch_rows`` rows each): the app's writers
+    wait for one of them at most, never for the whole purge, and an interrupted purge
+    leaves a log as a purge at an earlier cutoff would (run it again to finish).
 
     Args:
         log: The event log.
         older_than: A duration (``timedelta`` or text such as ``90d``).
         dry_run: Only count what would be deleted.
         now: The reference time (default: the current time).
+        batch_rows: Rows to delete per transaction, roughly (events spread evenly in time).
+        show: A progress bar (``None``: when stderr is a terminal).
 
     Returns:
         Rows deleted (or that would be) per table, parents first.
@@ -174,25 +184,37 @@ def purge(log: EventLog, older_than: timedelta | str, *, dry_run: bool = False,
     Raises:
         ValueError: ``older_than`` is not a valid duration.
     """
+    from retrieval.progress import progress
+
     age = parse_duration(older_than) if isinstance(older_than, str) else older_than
     if not timedelta() < age <= MAX_DURATION:
         raise ValueError(f"older_than must be positive and at most {MAX_DURATION.days} days, "
                          f"got {age}.")
     cutoff = (now or utcnow()) - age
-    conditions = purge_conditions(cutoff)
-    deleted: dict[str, int] = {}
-    # Purging is a write like any other: same lock, same BEGIN IMMEDIATE on SQLite.
-    with log._writing("a purge") as conn:
-        for name, condition in conditions.items():
-            table = TABLES[name]
-            if dry_run:
-                deleted[name] = int(conn.execute(
-                    select(func.count()).select_from(table).where(condition)).scalar_one())
-            else:
-                deleted[name] = int(conn.execute(table.delete().where(condition)).rowcount)
+    with log.reading() as conn:
+        planned = {name: int(conn.execute(select(func.count()).select_from(TABLES[name])
+                                          .where(condition)).scalar_one())
+                   for name, condition in purge_conditions(cutoff).items()}
+        oldest = min((t for t in (conn.execute(select(func.min(column))).scalar()
+                                  for column in (TABLES[name].c[time] for name, time in
+                                                 TIME_COLUMN.items()))
+                      if t is not None), default=cutoff)
+    deleted = dict.fromkeys(planned, 0)
+    if not dry_run and any(planned.values()):
+        steps = max(1, math.ceil(sum(planned.values()) / max(1, batch_rows)))
+        with progress(steps, "purge", "batch", show=show) as bar:
+            for step in range(1, steps + 1):
+                at = cutoff if step == steps else oldest + (cutoff - oldest) * step / steps
+                # Each a purge like any other: same lock, same BEGIN IMMEDIATE on SQLite.
+                with log._writing("a purge") as conn:
+                    for name, condition in purge_conditions(at).items():
+                        deleted[name] += int(conn.execute(
+                            TABLES[name].delete().where(condition)).rowcount)
+                bar.update(1)
+    result = planned if dry_run else deleted
     logger.info("%s events before %s: %s", "would purge" if dry_run else "purged",
-                cutoff.isoformat(timespec="seconds"), deleted)
-    return {name: deleted[name] for name in TABLES}
+                cutoff.isoformat(timespec="seconds"), result)
+    return {name: result[name] for name in TABLES}
 
 
 @dataclass(frozen=True)

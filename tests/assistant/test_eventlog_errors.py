@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from assistant.eventlog import EventLog, EventLogError, engine
 from assistant.eventlog.engine import resolve_url
 from assistant.eventlog.retention import parse_time, purge
+from assistant.eventlog.schema import utcnow
 from retrieval.cli import main
 from tests.assistant.conftest import populate
 
@@ -92,8 +93,9 @@ def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def locked(db_path: Path, event_log: EventLog) -> sqlite3.Connection:
-    """Another process's write transaction on a populated log, held for the test."""
-    populate(event_log)
+    """Another process's write transaction on a log with a year-old conversation (a
+    purge has work to do), held for the test."""
+    populate(event_log, at=utcnow() - timedelta(days=365))
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     yield other

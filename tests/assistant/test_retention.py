@@ -82,6 +82,33 @@ def test_purge_removes_old_rows_and_their_dependents(event_log: EventLog,
     assert purge(event_log, timedelta(days=90), now=NOW)["conversations"] == 0
 
 
+def test_a_large_purge_runs_as_short_transactions_oldest_first(
+        event_log: EventLog, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each transaction is a whole purge at an earlier cutoff, so the app's writers wait
+    for one batch at most, and the total is the one-transaction purge's."""
+    for days in range(95, 400, 30):  # 11 conversations of 7 rows, 95 to 395 days old
+        populate(event_log, at=NOW - timedelta(days=days))
+    populate(event_log, at=NEW)
+    planned = purge(event_log, "90d", dry_run=True, now=NOW)
+    assert planned["conversations"] == 11
+
+    transactions: list[dict[str, int]] = []
+    writing = event_log._writing
+
+    def counted(what: str):  # the log's counts as each purge transaction begins
+        transactions.append(event_log.counts())
+        return writing(what)
+
+    monkeypatch.setattr(event_log, "_writing", counted)
+    assert purge(event_log, "90d", now=NOW, batch_rows=20) == planned
+    assert len(transactions) == 4  # 77 rows in batches of about 20
+    conversations = [t["conversations"] for t in transactions]
+    assert conversations[0] == 12 and conversations == sorted(conversations, reverse=True)
+    assert event_log.counts()["conversations"] == 1
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
 def test_purge_keeps_everything_newer(event_log: EventLog) -> None:
     _scenario(event_log)
     before = event_log.counts()
