@@ -54,7 +54,7 @@ POST_FILTER_MAX = 1000
 # When too few pass, the allowed products are scored exactly if that reads at most this
 # many vector cells (allowed products x dimensions scored): words under gender=Women at
 # 44k (18k products x 384) take 16 ms exactly against 100 ms in filtered HNSW; a photo's
-# 1,790 dimensions would take 170 ms, so those still go to the filtered HNSW.
+# 1,790 dimensions would take over 100 ms, so those still go to the filtered HNSW.
 EXACT_FALLBACK_CELLS = 8_000_000
 # Parsed (not explicit) filters are relaxed in this order when nothing passes them.
 RELAX_ORDER = ("size", "material", "colour", "price", "in_stock", "subcategory", "category",

@@ -52,6 +52,7 @@ from assistant.eventlog.schema import meta as meta_table
 
 logger = logging.getLogger(__name__)
 
+
 @contextlib.contextmanager
 def best_effort(what: str) -> Iterator[None]:
     """Runs a write the app must survive: a log that is locked, gone or full costs one
