@@ -235,8 +235,7 @@ def _register_train_ranker(kinds: Any, config: argparse.ArgumentParser,
     source.add_argument("--dataset", help="a `shopassist dataset` folder")
     source.add_argument("--log", "--db", dest="log",
                         help="an event log, SQLite path or URL (the dataset is built from it; "
-                        "under torchrun "
-                        "spell it --db, as torchrun reads --log* itself)")
+                        "under torchrun spell it --db, as torchrun reads --log* itself)")
     p.add_argument("--out", default=DEFAULT_MODELS, help=f"models folder (default "
                    f"{DEFAULT_MODELS})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
