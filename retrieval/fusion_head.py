@@ -75,6 +75,12 @@ class HeadConfig:
         base_weights: The training-free fusion's weight of each slot (same order).
         base_share: Share ``s`` of the training-free cosine in the output's cosine
             (0: the learned space alone, and then ``base_weights`` are unused).
+        photo_share: A photo query's own share of the training-free cosine (``None``:
+            ``base_share``), set on the query side alone: products keep ``base_share``,
+            and a query whose slots are all ``photo_slots`` scores
+            ``(1 - p) * learned cosine + p * training-free cosine``; 1 ranks photos as
+            the training-free fusion does.
+        photo_slots: The slots a photo fills (which queries ``photo_share`` is for).
     """
 
     slots: tuple[tuple[str, int], ...]
@@ -95,10 +101,19 @@ class HeadConfig:
     memory_tau: float = 0.05
     memory_eps: float = 0.01
     memory_weight: float = 0.0
+    photo_share: float | None = None
+    photo_slots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.base_share < 1.0:
             raise ValueError(f"base_share is in [0, 1) (got {self.base_share}).")
+        if self.photo_share is not None and (
+                not 0.0 <= self.photo_share <= 1.0 or not self.base_share
+                or not self.photo_slots
+                or not set(self.photo_slots) <= {n for n, _ in self.slots}):
+            raise ValueError(f"photo_share is in [0, 1] and needs a base_share above 0 and "
+                             f"photo_slots among the head's slots (got {self.photo_share}, "
+                             f"{self.base_share}, {self.photo_slots}).")
         if self.base_share and len(self.base_weights) != len(self.slots):
             raise ValueError(f"base_weights needs one weight per slot ({len(self.slots)}), "
                              f"got {len(self.base_weights)}.")
@@ -146,6 +161,7 @@ class HeadConfig:
         out["tag_groups"] = [list(g) for g in self.tag_groups]
         out["query_tag_groups"] = [list(g) for g in self.query_tag_groups]
         out["memory_slots"] = list(self.memory_slots)
+        out["photo_slots"] = list(self.photo_slots)
         return out
 
     @classmethod
@@ -168,7 +184,10 @@ class HeadConfig:
                    memory_k=int(data.get("memory_k", 50)),
                    memory_tau=float(data.get("memory_tau", 0.05)),
                    memory_eps=float(data.get("memory_eps", 0.01)),
-                   memory_weight=float(data.get("memory_weight", 0.0)))
+                   memory_weight=float(data.get("memory_weight", 0.0)),
+                   photo_share=None if data.get("photo_share") is None
+                   else float(data["photo_share"]),
+                   photo_slots=tuple(str(s) for s in data.get("photo_slots", ())))
 
 
 @dataclass
@@ -258,7 +277,17 @@ class FusionHead(nn.Module):
                 parts.append(learned.new_zeros((len(learned), dim)) if x is None
                              else math.sqrt(weight) * x.to(learned.dtype))
             base = nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
-            out = torch.cat([math.sqrt(1.0 - share) * learned, math.sqrt(share) * base], dim=1)
+            learned_w = learned.new_full((len(learned), 1), math.sqrt(1.0 - share))
+            base_w = learned.new_full((len(learned), 1), math.sqrt(share))
+            photo = self.config.photo_share
+            if query and photo is not None:
+                # Rows of photo queries score (1 - p) learned + p training-free cosine
+                # against products blended with base_share s.
+                rows = self._photo_rows(slots, len(learned)).unsqueeze(1)
+                learned_w = torch.where(rows, (1.0 - photo) / math.sqrt(1.0 - share),
+                                        learned_w)
+                base_w = torch.where(rows, photo / math.sqrt(share), base_w)
+            out = torch.cat([learned_w * learned, base_w * base], dim=1)
         tag_share = self.config.tag_share
         if tag_share:
             block = self.tag_block(slots, query).to(out.dtype)
@@ -267,6 +296,20 @@ class FusionHead(nn.Module):
             if query:  # scores on the untagged scale: cosine + t / (1 - t) * tag score
                 out = out / (1.0 - tag_share)
         return out
+
+    def _photo_rows(self, slots: Mapping[str, torch.Tensor | None], n: int) -> torch.Tensor:
+        """``(n,)`` bool: the rows that fill only ``photo_slots`` (photo queries)."""
+        other = torch.zeros(n, dtype=torch.bool)
+        photo = torch.zeros(n, dtype=torch.bool)
+        for name, x in slots.items():
+            if x is None:
+                continue
+            present = (x.abs().sum(dim=1) > 0).cpu()
+            if name in self.config.photo_slots:
+                photo |= present
+            else:
+                other |= present
+        return (photo & ~other).to(next(self.parameters()).device)
 
     def learned(self, slots: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
         """The shared space alone: the normalised, gated sum of the slots' projections."""
@@ -394,11 +437,17 @@ class FusionHead(nn.Module):
         return TagOutputs(list(torch.split(combined, sizes, dim=1)), 1.0 - unnamed, read)
 
     def with_base_share(self, share: float, weights: Sequence[float] | None = None, *,
-                        tag_share: float | None = None, memory_weight: float | None = None
-                        ) -> FusionHead:
+                        tag_share: float | None = None, memory_weight: float | None = None,
+                        photo_share: float | None = None,
+                        photo_slots: Sequence[str] | None = None) -> FusionHead:
         """The same trained weights with another share of the training-free fusion (and,
-        when given, of the tag block, and another weight of the tag memory's vote)."""
+        when given, of the tag block, another weight of the tag memory's vote, and photo
+        queries' own share of the training-free cosine)."""
         config = replace(self.config, base_share=float(share),
+                         photo_share=self.config.photo_share if photo_share is None
+                         else float(photo_share),
+                         photo_slots=self.config.photo_slots if photo_slots is None
+                         else tuple(photo_slots),
                          base_weights=tuple(weights) if weights is not None
                          else self.config.base_weights,
                          tag_share=self.config.tag_share if tag_share is None

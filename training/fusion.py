@@ -44,6 +44,7 @@ from training.fusion_encode import IndexView, QueryEncoder
 from training.fusion_eval import (
     HeadFusion,
     choose_base_share,
+    choose_photo_share,
     choose_tag_share,
     evaluate,
     monitor_value,
@@ -57,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 # Config fields a resumed run may change (they do not alter what is computed per step).
 RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares",
-                     "tag_shares", "memory_weights", "memory_k", "memory_tau"}
+                     "tag_shares", "memory_weights", "memory_k", "memory_tau",
+                     "photo_shares"}
 
 
 @dataclass
@@ -338,6 +340,12 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     if head.config.tags:
         logger.info("blending %.2f of the tag block, memory weight %.2f (validation: %s)",
                     tag_share, memory_weight, tag_tried)
+    photo_share, photo_tried = choose_photo_share(head, data, config.photo_shares, VALID)
+    if photo_share is not None:
+        head = head.with_base_share(share, photo_share=photo_share,
+                                    photo_slots=data.image_slots).eval()
+    logger.info("photo queries: %s of the training-free cosine (validation: %s)",
+                share if photo_share is None else photo_share, photo_tried)
     test = evaluate(HeadFusion(head), data, TEST)
     valid = next((e["valid"] for e in history["epochs"] if e["epoch"] == state["best_epoch"]),
                  {})
@@ -346,6 +354,7 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
                "base_share": {"chosen": share, "valid": tried},
                "tag_share": {"chosen": tag_share, "memory_weight": memory_weight,
                              "valid": tag_tried},
+               "photo_share": {"chosen": photo_share, "valid": photo_tried},
                "tags": tag_accuracy(head, data, TEST)}
     training = {"seconds": round(state["train_seconds"], 1),
                 "data_seconds": round(data_seconds, 1), "epochs": epoch,

@@ -88,6 +88,10 @@ class FusionConfig:
             split after the base share is chosen; the best text -> photo + text -> product
             NDCG@10 is kept (photo queries carry no tags). ``[0.0]``: trained but not
             blended.
+        photo_shares: Photo queries' own shares of the training-free cosine tried on the
+            validation split after the tag share (the products keep the base share, so the
+            index needs no re-fusing); the best photo R@1 is kept, the base share itself
+            included. 1 ranks photos as the training-free fusion does. ``[]``: none.
         memory_weights: Weights of the tag memory's vote tried with each tag share: the
             trained head embeds the training products' photos, and a product's tags are
             also voted by its ``memory_k`` nearest neighbours among them (softmax of
@@ -136,6 +140,7 @@ class FusionConfig:
     w_tags: float = 1.0
     tag_shares: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)
     memory_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    photo_shares: tuple[float, ...] = (0.85, 0.9, 0.95, 1.0)
     memory_k: int = 50
     memory_tau: float = 0.05
 
@@ -165,6 +170,8 @@ class FusionConfig:
         if not self.tag_shares or not all(0.0 <= v < 1.0 for v in self.tag_shares):
             raise ValueError(f"tag_shares are one or more shares in [0, 1) (got "
                              f"{self.tag_shares}).")
+        if not all(0.0 <= v <= 1.0 for v in self.photo_shares):
+            raise ValueError(f"photo_shares are shares in [0, 1] (got {self.photo_shares}).")
         unknown = [t for t in self.tags if t not in QUERY_ATTRIBUTES]
         if unknown:
             raise ValueError(f"Unknown tags {unknown}; a head can read "
@@ -187,6 +194,7 @@ class FusionConfig:
         out["tags"] = list(self.tags)
         out["tag_shares"] = list(self.tag_shares)
         out["memory_weights"] = list(self.memory_weights)
+        out["photo_shares"] = list(self.photo_shares)
         return out
 
     @classmethod

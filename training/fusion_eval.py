@@ -299,6 +299,27 @@ def choose_tag_share(head: torch.nn.Module, data: FusionData, shares: Sequence[f
     return share, weight, tried
 
 
+def choose_photo_share(head: torch.nn.Module, data: FusionData, shares: Sequence[float],
+                       split: int) -> tuple[float | None, dict[str, dict[str, float]]]:
+    """Photo queries' own share of the training-free cosine (the products keep the head's
+    base share): the one with the best photo R@1 on ``split`` among the base share itself
+    and ``shares``. ``None`` (the base share) for a head without a base share or when no
+    other share does better.
+
+    Returns:
+        The chosen share (``None``: the base share) and, per share tried, its photo R@1.
+    """
+    base = head.config.base_share
+    if not base or not shares or not data.image_slots:
+        return None, {}
+    candidates = [(f"{base:g} (base)", -1.0, head)] + [
+        (f"{p:g}", float(p), head.with_base_share(base, photo_share=p,
+                                                   photo_slots=data.image_slots))
+        for p in shares if p != base]
+    best, tried = _pick_blend(candidates, data, split, ("photo",))
+    return (None if best < 0 else best), tried
+
+
 @torch.no_grad()
 def tag_accuracy(head: torch.nn.Module, data: FusionData, split: int,
                  batch: int = 8192) -> dict[str, dict[str, float]]:

@@ -69,6 +69,45 @@ def test_blended_output_mixes_learned_and_training_free_cosines(tmp_path):
         learned.with_base_share(0.5, (1.0,))
 
 
+def test_photo_queries_take_their_own_share_of_the_training_free_cosine(tmp_path):
+    """Set on the query side alone: products are fused as before, a photo query scores
+    (1 - p) learned + p training-free cosine, and any query with words keeps the base
+    share. p = 1 ranks photos exactly as the training-free fusion does."""
+    torch.manual_seed(2)
+    learned = _head([("a", 5), ("b", 3)]).eval()
+    weights = (1.0, 2.0)
+    blended = learned.with_base_share(0.6, weights).eval()
+    items = {"a": torch.randn(6, 5), "b": torch.randn(6, 3)}
+    photo_q, words_q = {"a": torch.randn(3, 5)}, {"a": torch.randn(2, 5),
+                                                  "b": torch.randn(2, 3)}
+    cosines = {}
+    for p in (0.6, 0.9, 1.0):
+        own = blended.with_base_share(0.6, photo_share=p, photo_slots=("a",)).eval()
+        torch.testing.assert_close(own(items), blended(items))  # products unchanged
+        torch.testing.assert_close(own(words_q, query=True), blended(words_q, query=True))
+        cosines[p] = own(photo_q, query=True) @ own(items).T
+    torch.testing.assert_close(cosines[0.6], blended(photo_q, query=True) @ blended(items).T)
+
+    def base(v):  # the training-free fusion: normalised sqrt(w)-weighted concatenation
+        parts = [(w ** 0.5) * v.get(n, torch.zeros(len(next(iter(v.values()))), d))
+                 for (n, d), w in zip((("a", 5), ("b", 3)), weights, strict=True)]
+        return torch.nn.functional.normalize(torch.cat(parts, 1), dim=1)
+
+    training_free = base(photo_q) @ base(items).T
+    torch.testing.assert_close(cosines[1.0], training_free)
+    torch.testing.assert_close(cosines[0.9], 0.1 * learned(photo_q) @ learned(items).T
+                               + 0.9 * training_free)
+    # In the artifact, and refused where it cannot apply.
+    own = blended.with_base_share(0.6, photo_share=0.9, photo_slots=("a",))
+    loaded, meta = load_head(save_head(own, tmp_path / "head"))
+    assert meta["architecture"]["photo_share"] == 0.9
+    torch.testing.assert_close(loaded(photo_q, query=True), own(photo_q, query=True))
+    with pytest.raises(ValueError, match="photo_share is in"):
+        learned.with_base_share(0.0, photo_share=0.9, photo_slots=("a",))
+    with pytest.raises(ValueError, match="photo_share is in"):
+        blended.with_base_share(0.6, photo_share=0.9, photo_slots=("z",))
+
+
 def test_a_corrupted_artifact_is_refused(tmp_path):
     folder = save_head(_head([("a", 5)]), tmp_path / "head")
     weights = folder / "head.safetensors"

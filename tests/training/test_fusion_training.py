@@ -64,6 +64,18 @@ def test_artifact_records_config_snapshot_metrics(trained):
     assert chosen in tiny_config().base_shares and head.config.base_share == chosen
     assert set(meta["metrics"]["base_share"]["valid"]) == \
         {f"{s:g}" for s in tiny_config().base_shares}
+    # So was photo queries' own share: the best photo R@1 there, the base share included.
+    photo = meta["metrics"]["photo_share"]
+    tried = {label: figures["photo R@1"] for label, figures in photo["valid"].items()}
+    if chosen:
+        assert f"{chosen:g} (base)" in tried
+        assert set(tried) - {f"{chosen:g} (base)"} == \
+            {f"{p:g}" for p in tiny_config().photo_shares if p != chosen}
+        assert head.config.photo_share == photo["chosen"]
+        label = f"{chosen:g} (base)" if photo["chosen"] is None else f"{photo['chosen']:g}"
+        assert tried[label] == max(tried.values())
+    else:  # products carry no training-free block: nothing to share
+        assert photo == {"chosen": None, "valid": {}} and head.config.photo_share is None
     history = json.loads((trained.artifact / "history.json").read_text())
     assert len(history["steps"]) == trained.steps
     assert [n for n, _ in head.config.slots] == ["clip_image", "clip_text", "text"]
