@@ -12,6 +12,9 @@ the learned space: ``[sqrt(1 - s) * learned, sqrt(s) * weighted]``, whose cosine
 ``(1 - s) * learned cosine + s * training-free cosine``. The share ``s`` (``base_share``)
 is chosen on the validation split after training; a text query against a product without
 text still ranks by the learned space alone (the training-free part of that pair is zero).
+Photo queries may take their own share ``p`` (``photo_share``), applied to the query's two
+parts alone: against the same product vectors they score ``(1 - p) * learned cosine +
+p * training-free cosine``.
 
 A head may also read products' **tags** (attribute values: colour, category, gender...)
 from their slots: a small classifier per group of slots (the photo's, the words') gives,
