@@ -313,7 +313,7 @@ class ModelRegistry:
         else:
             stack.pop()
         target = stack[-1] if stack else None
-        path = self._fusion_copy(settings, target) if target else None
+        path = self._previous("fusion", settings, target) if target else None
         if path is not None:
             load_head(path)
         index_version, _ = refuse(settings, path, show=show)
@@ -329,57 +329,42 @@ class ModelRegistry:
             stack.pop()
         target = stack[-1] if stack else None
         if target is not None:
-            serve_ranker(settings.index_dir, self._ranker_copy(settings, target), target)
+            serve_ranker(settings.index_dir, self._previous("ranker", settings, target), target)
         else:
             stop_serving_ranker(settings.index_dir)
         index_version = IndexLayout(Path(settings.index_dir)).current() or ""
         self._record("ranker", settings, "rollback", target, index_version, stack=stack)
         return target, index_version
 
-    def _ranker_copy(self, settings: Settings, version: str) -> Path:
-        """The artifact of a previously promoted ranker: the models folder's, or the copy
-        the index kept when it was promoted (the models folder's may have been deleted).
+    def _previous(self, kind: str, settings: Settings, version: str) -> Path:
+        """The artifact of a previously promoted ``version``: the models folder's, or, when
+        that was deleted, the copy the index kept — a ranker's under the index's rankers/,
+        a fusion head's inside the index versions it fused (the index keeps the two newest,
+        so the one before the serving version is there).
 
         Raises:
             ValueError: Neither exists (the message says how to go on).
         """
-        own = self.folder("ranker") / version
-        if own.is_dir():
-            return own
-        kept = Path(settings.index_dir) / RANKERS_DIR / version
-        if kept.is_dir():
-            logger.info("ranker %s is not in %s; using the copy in %s", version,
-                        self.folder("ranker"), kept)
-            return kept
-        raise ValueError(f"Cannot roll back to ranker {version}: it is neither in "
-                         f"{self.folder('ranker')} nor kept in {kept.parent}. Restore it, or "
-                         "promote another ranker (`shopassist models promote ranker "
-                         "VERSION`); nothing was changed.")
-
-    def _fusion_copy(self, settings: Settings, version: str) -> Path:
-        """The artifact of a previously promoted fusion head: the models folder's, or the
-        copy inside the index version it last fused, while the index keeps that version
-        (it keeps the two newest, so the one before the serving version is there).
-
-        Raises:
-            ValueError: Neither exists (the message says how to go on).
-        """
-        own = self.folder("fusion") / version
-        if own.is_dir():
-            return own
-        log = self._read_promotions("fusion")["indexes"].get(_index_key(settings), {})
-        made = [e["index_version"] for e in log.get("log", []) if e.get("version") == version]
-        layout = IndexLayout(Path(settings.index_dir))
-        for index_version in reversed(made):
-            kept = layout.versions_dir / index_version / HEAD_DIR
-            if kept.is_dir():
-                logger.info("fusion head %s is not in %s; using the copy in %s", version,
-                            self.folder("fusion"), kept)
-                return kept
-        raise ValueError(f"Cannot roll back to fusion head {version}: it is not in "
-                         f"{self.folder('fusion')}, and no index version {settings.index_dir} "
-                         "still keeps was fused with it. Restore it, or promote another head "
-                         "(`shopassist models promote fusion VERSION`); nothing was changed.")
+        own = self.folder(kind) / version
+        if kind == "ranker":
+            kept = [Path(settings.index_dir) / RANKERS_DIR / version]
+            where = f"nor kept in {kept[0].parent}"
+        else:
+            log = self._read_promotions(kind)["indexes"].get(_index_key(settings), {})
+            layout = IndexLayout(Path(settings.index_dir))
+            kept = [layout.versions_dir / e["index_version"] / HEAD_DIR
+                    for e in reversed(log.get("log", [])) if e.get("version") == version]
+            where = f"nor kept by an index version of {settings.index_dir}"
+        for path in (own, *kept):
+            if path.is_dir():
+                if path != own:
+                    logger.info("%s %s is not in %s; using the copy in %s", kind, version,
+                                self.folder(kind), path)
+                return path
+        what = "ranker" if kind == "ranker" else "fusion head"
+        raise ValueError(f"Cannot roll back to {what} {version}: it is neither in "
+                         f"{self.folder(kind)} {where}. Restore it, or promote another "
+                         f"(`shopassist models promote {kind} VERSION`); nothing was changed.")
 
     def _record(self, kind: str, settings: Settings, action: str, version: str | None,
                 index_version: str, stack: list[str] | None = None) -> None:
