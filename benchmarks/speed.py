@@ -484,7 +484,7 @@ def run_ours(engine: Any, q: dict[str, Any], k: int) -> tuple[float, Any]:
     return (time.perf_counter() - started) * 1000, result
 
 
-def run_baseline(engine: Any, matrix: np.ndarray, q: dict[str, Any], result: Any, k: int
+def run_baseline(engine: Any, matrix: torch.Tensor, q: dict[str, Any], result: Any, k: int
                  ) -> tuple[float, list[str]]:
     """Same encoders, then exact cosine over every fused vector (+ filter mask): one torch
     product, as ``sentence_transformers.util.semantic_search`` does it. (numpy's OpenBLAS

@@ -302,17 +302,18 @@ class FusionHead(nn.Module):
 
     def _photo_rows(self, slots: Mapping[str, torch.Tensor | None], n: int) -> torch.Tensor:
         """``(n,)`` bool: the rows that fill only ``photo_slots`` (photo queries)."""
-        other = torch.zeros(n, dtype=torch.bool)
-        photo = torch.zeros(n, dtype=torch.bool)
+        photo = other = None
         for name, x in slots.items():
             if x is None:
                 continue
-            present = (x.abs().sum(dim=1) > 0).cpu()
+            present = x.abs().sum(dim=1) > 0
             if name in self.config.photo_slots:
-                photo |= present
+                photo = present if photo is None else photo | present
             else:
-                other |= present
-        return (photo & ~other).to(next(self.parameters()).device)
+                other = present if other is None else other | present
+        if photo is None:
+            return torch.zeros(n, dtype=torch.bool, device=self.gate.device)
+        return photo if other is None else photo & ~other
 
     def learned(self, slots: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
         """The shared space alone: the normalised, gated sum of the slots' projections."""

@@ -312,12 +312,12 @@ def choose_photo_share(head: torch.nn.Module, data: FusionData, shares: Sequence
     base = head.config.base_share
     if not base or not shares or not data.image_slots:
         return None, {}
-    candidates = [(f"{base:g} (base)", -1.0, head)] + [
+    candidates = [(f"{base:g} (base)", base, head)] + [
         (f"{p:g}", float(p), head.with_base_share(base, photo_share=p,
                                                    photo_slots=data.image_slots))
         for p in shares if p != base]
     best, tried = _pick_blend(candidates, data, split, ("photo",))
-    return (None if best < 0 else best), tried
+    return (None if best == base else best), tried
 
 
 @torch.no_grad()
