@@ -33,8 +33,10 @@ EfficientNet features better than a contrastive space of the same features ranks
 and it lets words match products' own words attribute by attribute.
 
 Artifacts are a folder with ``head.safetensors`` and ``head.json`` (architecture, slot
-names and dims, the weights' sha256, training config and metrics). Loading checks the
-hash and the shapes: a corrupted or mismatched artifact is refused with a clear error.
+names and dims, the weights' sha256, training config and metrics), and, when the head
+was trained with one, ``photo_tail.safetensors``: the image encoder's tail fine-tuned for
+query photos (:mod:`retrieval.photo_tail`). Loading checks the hashes and the shapes: a
+corrupted or mismatched artifact is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from retrieval.encoders.base import l2_normalise
+from retrieval.photo_tail import PhotoTail, TailError
 
 WEIGHTS = "head.safetensors"
 CONFIG = "head.json"
@@ -551,15 +554,32 @@ def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
     except (SafetensorError, RuntimeError) as exc:
         raise ArtifactError(f"{path} does not fit its recorded architecture ({exc}).") from None
     check_finite(tensors, folder, "shopassist train fusion")
+    load_tail(folder, meta)  # refuse a damaged tail with the rest of the artifact
     head.eval()
     return head, meta
+
+
+def load_tail(folder: str | Path, meta: Mapping[str, Any]) -> PhotoTail | None:
+    """The photo tail a head artifact carries (``None`` when it has none).
+
+    Raises:
+        ArtifactError: The tail is missing, corrupted or diverged.
+    """
+    if not meta.get("photo_tail"):
+        return None
+    try:
+        return PhotoTail.load(folder, meta["photo_tail"])
+    except (TailError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"The photo tail of {folder} cannot be used: {exc}") from None
 
 
 class LearnedFusion:
     """The :class:`retrieval.fusion.Fusion` protocol over a trained :class:`FusionHead`."""
 
-    def __init__(self, head: FusionHead, meta: Mapping[str, Any], folder: Path) -> None:
+    def __init__(self, head: FusionHead, meta: Mapping[str, Any], folder: Path,
+                 tail: PhotoTail | None = None) -> None:
         self.head = head.eval()
+        self.tail = tail
         self.meta = dict(meta)
         self.folder = folder
         self.dim = head.config.out_dim
@@ -569,7 +589,14 @@ class LearnedFusion:
     @classmethod
     def load(cls, folder: str | Path) -> LearnedFusion:
         head, meta = load_head(folder)
-        return cls(head, meta, Path(folder))
+        return cls(head, meta, Path(folder), load_tail(folder, meta))
+
+    def query_encoder(self, slot: str, base: Any) -> Any:
+        """The encoder for query photos of ``slot``: ``base`` with the head's fine-tuned
+        tail when it has one for that slot, else ``base``."""
+        if self.tail is None or self.tail.slot != slot:
+            return base
+        return self.tail.tuned_encoder(base)
 
     def check_slots(self, slots: Sequence[tuple[str, int]]) -> None:
         """Refuses an index whose slots (names, dims) differ from the head's inputs."""

@@ -298,12 +298,15 @@ class SearchEngine:
                      ) -> dict[str, np.ndarray]:
         """Slot name -> unit query vector for every slot this query can fill."""
         out: dict[str, np.ndarray] = {}
-        memo: dict[tuple[str, str, PhotoNormaliser | None], np.ndarray] = {}
+        memo: dict[tuple[int, str, PhotoNormaliser | None], np.ndarray] = {}
         for slot, part in self.profile.slots_for_query(image is not None, bool(text)):
             variant = self.profile.profile.normaliser_of(slot) if part == IMAGE else None
-            key = (slot.encoder, part, variant)
+            encoder = self.profile.encoder(slot)
+            if part == IMAGE and hasattr(self.fusion, "query_encoder"):
+                # a learned head may encode query photos with its own fine-tuned tail
+                encoder = self.fusion.query_encoder(slot.name, encoder)
+            key = (id(encoder), part, variant)
             if key not in memo:
-                encoder = self.profile.encoder(slot)
                 memo[key] = (encoder.encode_images([image.variants[variant]])[0]  # type: ignore[union-attr,index]
                              if part == IMAGE else encoder.encode_texts([text or ""])[0])
             if np.any(memo[key]):

@@ -78,6 +78,10 @@ class MemoEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode([(TEXT, t) for t in texts], texts, self.inner.encode_texts)
 
+    def with_tail(self, *args: Any, **kwargs: Any) -> MemoEncoder:
+        """The inner encoder with a fine-tuned tail (a head's photo tail), remembering too."""
+        return MemoEncoder(self.inner.with_tail(*args, **kwargs), self.max_items)
+
 
 class BatchedSearch:
     """The engine's own search, over encoders primed a wave of queries at a time.
@@ -102,7 +106,8 @@ class BatchedSearch:
         """
         profile = self.engine.profile
         texts: dict[str, list[str]] = {}
-        images: dict[tuple[str, Any], list[Image.Image]] = {}
+        images: dict[tuple[Any, Any], list[Image.Image]] = {}
+        tuned = getattr(self.shadow.fusion, "query_encoder", None)
         for photo, words in queries:
             words = (words or "").strip() or None
             prepared = self.engine.prepare_image(photo) if photo is not None else None
@@ -114,12 +119,16 @@ class BatchedSearch:
             for slot, part in profile.slots_for_query(prepared is not None, bool(semantic)):
                 if part == IMAGE and prepared is not None:
                     variant = profile.profile.normaliser_of(slot)
-                    images.setdefault((slot.encoder, variant), []).append(
+                    # the encoder search will use: a head may tune the slot's for photos
+                    encoder = self.encoders[slot.encoder]
+                    if tuned is not None:
+                        encoder = tuned(slot.name, encoder)
+                    images.setdefault((encoder, variant), []).append(
                         prepared.variants[variant])
                 elif part == TEXT and semantic:
                     texts.setdefault(slot.encoder, []).append(semantic)
-        for (spec, _), batch in images.items():
-            self.encoders[spec].encode_images(batch)
+        for (encoder, _), batch in images.items():
+            encoder.encode_images(batch)
         for spec, batch in texts.items():
             self.encoders[spec].encode_texts(list(dict.fromkeys(batch)))
 

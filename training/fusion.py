@@ -14,6 +14,7 @@ the index to.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ import torch
 
 from retrieval.config import Settings, load_settings
 from retrieval.fusion_head import FusionHead, HeadConfig, group_key, save_head
+from retrieval.photo_tail import PhotoTail
 from retrieval.progress import progress
 from retrieval.refuse import training_free_fusion
 from training.fusion_batches import FusionBatches, to_torch
@@ -52,9 +54,12 @@ from training.fusion_eval import (
 )
 from training.fusion_objective import FusionObjective
 from training.loop import agree_on_stop, close_epoch, finish_step
+from training.photo_tail import fit_photo_tail, use_photo_tail
 from training.registry import HISTORY, ModelRegistry
 
 logger = logging.getLogger(__name__)
+
+TAIL_RECORD = "photo_tail.json"  # in the checkpoint folder: the run's tail (or none)
 
 # Config fields a resumed run may change (they do not alter what is computed per step).
 RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares",
@@ -201,6 +206,35 @@ def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, whe
                               "--index, or start a new run without --resume.")
 
 
+def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cache: Path,
+                   make_encoder: Callable[[], QueryEncoder], ckpt_dir: Path, accelerator: Any,
+                   *, resume: bool, show: bool | None) -> tuple[PhotoTail | None, dict[str, Any]]:
+    """The run's photo tail (:mod:`training.photo_tail`), and ``data``'s photo vectors
+    switched to it.
+
+    The first process trains it, or, resuming, takes the one the checkpoint folder kept,
+    so every process and every resumed epoch train the head on the same photo vectors.
+    """
+    if not config.photo_tail:
+        return None, {}
+    record = ckpt_dir / TAIL_RECORD
+    main = accelerator.is_main_process
+    if main and not (resume and record.is_file()):
+        weights = training_free_fusion(view.manifest).weights()
+        tail, info = fit_photo_tail(view, data, config, weights, cache, make_encoder, show)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        meta = tail.save(ckpt_dir, info) if tail is not None else None
+        record.write_text(json.dumps({"tail": meta, "info": info}, default=str) + "\n")
+    accelerator.wait_for_everyone()
+    saved = json.loads(record.read_text())
+    if not saved["tail"]:
+        return None, saved["info"]
+    tail = PhotoTail.load(ckpt_dir, saved["tail"])
+    data.photo_vectors = use_photo_tail(view, data, config, tail, cache, make_encoder,
+                                        show=show if main else False)
+    return tail, saved["info"]
+
+
 def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | Path, *,
                  device: str = "auto", resume: bool = False, cache_dir: str | Path | None =
                  None, settings: Settings | None = None, show: bool | None = None,
@@ -247,6 +281,8 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     if data is None:
         data = build_fusion_data(view, config, cache, None, False)
     data_seconds = time.perf_counter() - started
+    tail, tail_info = run_photo_tail(view, data, config, cache, make_encoder, ckpt_dir,
+                                     accelerator, resume=resume, show=show)
     batches = FusionBatches(data, config, accelerator.process_index, accelerator.num_processes)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
@@ -355,7 +391,8 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
                "tag_share": {"chosen": tag_share, "memory_weight": memory_weight,
                              "valid": tag_tried},
                "photo_share": {"chosen": photo_share, "valid": photo_tried},
-               "tags": tag_accuracy(head, data, TEST)}
+               "tags": tag_accuracy(head, data, TEST),
+               "photo_tail": tail_info}
     training = {"seconds": round(state["train_seconds"], 1),
                 "data_seconds": round(data_seconds, 1), "epochs": epoch,
                 "steps": state["step"], "stopped": stopped,
@@ -364,14 +401,16 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
                 "torch": torch.__version__}
 
     def write(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tail_meta = tail.save(folder, tail_info) if tail is not None else None
         save_head(head, folder, extra={
+            "photo_tail": tail_meta,
             "config": config.to_dict(), "data_snapshot": data.snapshot, "metrics": metrics,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index": data.info["index"], "data": data.info, "training": training,
             "calibration": unwrapped.calibration(),
             "tag_values": {name: list(data.codes.values[data.codes.names.index(name)])
                            for name, _k in head.config.tags}})
-        import json
 
         (folder / HISTORY).write_text(json.dumps(history) + "\n")
 

@@ -92,6 +92,17 @@ class FusionConfig:
             validation split after the tag share (the products keep the base share, so the
             index needs no re-fusing); the best photo R@1 is kept, the base share itself
             included. 1 ranks photos as the training-free fusion does. ``[]``: none.
+        photo_tail: Before the head, fine-tune the image encoder's last blocks for
+            shoppers' photos, query side only (:mod:`training.photo_tail`); the head trains
+            on, and serves, the tuned encoder's photo vectors. Needs an encoder that can take
+            a tail (EfficientNet); skipped otherwise.
+        tail_photos: Extra shoppers' photos for the tail, of training products the data has
+            no photo of (made once; their trunk maps are cached).
+        tail_epochs: Passes over the tail's training photos.
+        tail_lr: Peak learning rate of the tail (AdamW, one-cycle).
+        tail_temperature: Softmax temperature of the tail's whole-catalog cross-entropy.
+        tail_batch: Photos per step of the tail.
+        tail_max_minutes: The tail stops after the epoch that passes this budget.
         memory_weights: Weights of the tag memory's vote tried with each tag share: the
             trained head embeds the training products' photos, and a product's tags are
             also voted by its ``memory_k`` nearest neighbours among them (softmax of
@@ -143,6 +154,13 @@ class FusionConfig:
     photo_shares: tuple[float, ...] = (0.85, 0.9, 0.95, 1.0)
     memory_k: int = 50
     memory_tau: float = 0.05
+    photo_tail: bool = True
+    tail_photos: int = 20000
+    tail_epochs: int = 3
+    tail_lr: float = 3e-4
+    tail_temperature: float = 0.05
+    tail_batch: int = 64
+    tail_max_minutes: float = 6.0
 
     def __post_init__(self) -> None:
         check_numbers(self, at_least_one=("dim", "hidden", "epochs", "patience",
@@ -180,6 +198,12 @@ class FusionConfig:
                 or self.memory_k < 1 or self.memory_tau <= 0:
             raise ValueError("memory_weights are one or more weights >= 0, memory_k at least "
                              "1 and memory_tau positive.")
+        if self.tail_photos < 0 or self.tail_epochs < 1 or self.tail_batch < 2 \
+                or not self.tail_lr > 0 or not self.tail_temperature > 0 \
+                or not self.tail_max_minutes > 0:
+            raise ValueError("tail_photos must be at least 0, tail_epochs at least 1, "
+                             "tail_batch at least 2, and tail_lr, tail_temperature and "
+                             "tail_max_minutes positive.")
         if self.tag_hidden < 1 or self.w_tags < 0:
             raise ValueError("tag_hidden must be positive and w_tags at least 0.")
 

@@ -125,7 +125,8 @@ def text_queries(data: FusionData, split: int) -> tuple[np.ndarray, dict[str, np
 
 def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[str] =
              ("text_photo", "text_product", "photo"), rerank: Reranker | None = None,
-             breakdown: bool = False) -> dict[str, Any]:
+             breakdown: bool = False, photos: Mapping[str, np.ndarray] | None = None
+             ) -> dict[str, Any]:
     """Scores one system on one held-out split.
 
     Args:
@@ -135,6 +136,8 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
         kinds: Which query kinds to score (``text_photo``, ``text_product``, ``photo``).
         rerank: Optional re-ranking of the fused top 100 (the ranking head's hook).
         breakdown: Also NDCG@10 of text -> photo per category.
+        photos: The photo queries' slot vectors as this system encodes them (a head with a
+            fine-tuned photo tail); default ``data.photo_vectors``.
 
     Returns:
         Per kind: ``R@1``, ``R@5``, ``R@10``, ``P@10``, ``MRR``, ``NDCG@10`` and ``n``;
@@ -179,7 +182,8 @@ def evaluate(system: FuseFn, data: FusionData, split: int, *, kinds: Sequence[st
         if len(sel):
             everything = np.arange(data.n)
             items = system.fuse(_slots(data, everything, list(data.products)), data.n)
-            q = {s: v[sel].astype(np.float32) for s, v in data.photo_vectors.items()}
+            q = {s: v[sel].astype(np.float32)
+                 for s, v in (data.photo_vectors if photos is None else photos).items()}
             top = ranked(q, items, everything, list(data.products))
             target = data.photo_rows[sel]
             hits = top == target[:, None]

