@@ -8,7 +8,10 @@ linear warm-up and cosine decay; early stopping on the validation metric
 (:func:`training.fusion_eval.monitor_value`) with the best epoch's weights kept; a
 checkpoint after every epoch from which ``resume=True`` continues exactly; the result is a
 versioned artifact (:mod:`training.registry`) that ``shopassist models promote`` switches
-the index to.
+the index to. Before the head, the first process fine-tunes the image encoder's tail for
+query photos (:mod:`training.photo_tail`, kept in the checkpoint folder for the other
+processes and for ``resume``); the head trains on the tuned photo vectors and carries the
+tail in its artifact.
 """
 
 from __future__ import annotations
@@ -223,7 +226,7 @@ def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cach
         weights = training_free_fusion(view.manifest).weights()
         tail, info = fit_photo_tail(view, data, config, weights, cache, make_encoder, show)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        meta = tail.save(ckpt_dir, info) if tail is not None else None
+        meta = tail.save(ckpt_dir) if tail is not None else None
         record.write_text(json.dumps({"tail": meta, "info": info}, default=str) + "\n")
     accelerator.wait_for_everyone()
     saved = json.loads(record.read_text())
@@ -402,7 +405,7 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
 
     def write(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tail_meta = tail.save(folder, tail_info) if tail is not None else None
+        tail_meta = tail.save(folder) if tail is not None else None
         save_head(head, folder, extra={
             "photo_tail": tail_meta,
             "config": config.to_dict(), "data_snapshot": data.snapshot, "metrics": metrics,
