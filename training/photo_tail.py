@@ -12,9 +12,9 @@ Why: :mod:`retrieval.photo_tail`. What it reads:
 A photo scores a product as the training-free fusion scores it over the image slots, with
 the tuned tail's vector in the tuned slot; the loss is the cross-entropy of the
 photographed product against the whole catalog (softmax at ``tail_temperature``). Batch
-norm statistics stay the pretrained ones; AdamW with a one-cycle schedule; photo R@1 on the validation
-photos after every epoch, the best epoch kept, and no tail at all when no epoch beats the
-untuned encoder.
+norm statistics stay the pretrained ones; AdamW with a one-cycle schedule; photo R@1 on
+the validation photos after every epoch, the best epoch kept, and no tail at all when no
+epoch beats the untuned encoder.
 """
 
 from __future__ import annotations

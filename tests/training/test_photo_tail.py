@@ -177,7 +177,7 @@ def test_the_tail_travels_in_the_artifact_and_damage_is_refused(effnet, tmp_path
     data = bytearray((folder / TAIL_FILE).read_bytes())
     data[-10] ^= 0xFF
     (folder / TAIL_FILE).write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="photo tail.*sha256"):
+    with pytest.raises(ArtifactError, match=r"photo tail.*sha256"):
         LearnedFusion.load(folder)
     (folder / TAIL_FILE).unlink()
     with pytest.raises(ArtifactError, match="missing"):
@@ -268,7 +268,7 @@ def test_the_engine_encodes_query_photos_with_its_heads_tail(offline_run, effnet
 
     damaged = engine.folder / HEAD_DIR / TAIL_FILE
     damaged.write_bytes(damaged.read_bytes()[:-7])
-    with pytest.raises(IndexStateError, match="photo tail.*rollback"):
+    with pytest.raises(IndexStateError, match=r"photo tail.*rollback"):
         SearchEngine.open(settings.index_dir, settings=settings)
 
 
