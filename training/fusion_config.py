@@ -98,6 +98,8 @@ class FusionConfig:
             a tail (EfficientNet); skipped otherwise.
         tail_photos: Extra shoppers' photos for the tail, of training products the data has
             no photo of (made once; their trunk maps are cached).
+        tail_larger_photos: More shots of every training product's larger photo, for the
+            tail only (the data has ``photos_per_larger``).
         tail_epochs: Passes over the tail's training photos.
         tail_lr: Peak learning rate of the tail (AdamW, one-cycle).
         tail_temperature: Softmax temperature of the tail's whole-catalog cross-entropy.
@@ -156,6 +158,7 @@ class FusionConfig:
     memory_tau: float = 0.05
     photo_tail: bool = True
     tail_photos: int = 20000
+    tail_larger_photos: int = 0
     tail_epochs: int = 3
     tail_lr: float = 3e-4
     tail_temperature: float = 0.05
@@ -198,10 +201,11 @@ class FusionConfig:
                 or self.memory_k < 1 or self.memory_tau <= 0:
             raise ValueError("memory_weights are one or more weights >= 0, memory_k at least "
                              "1 and memory_tau positive.")
-        if self.tail_photos < 0 or self.tail_epochs < 1 or self.tail_batch < 2 \
-                or not self.tail_lr > 0 or not self.tail_temperature > 0 \
+        if self.tail_photos < 0 or self.tail_larger_photos < 0 or self.tail_epochs < 1 \
+                or self.tail_batch < 2 or not self.tail_lr > 0 or not self.tail_temperature > 0 \
                 or not self.tail_max_minutes > 0:
-            raise ValueError("tail_photos must be at least 0, tail_epochs at least 1, "
+            raise ValueError("tail_photos and tail_larger_photos must be at least 0, "
+                             "tail_epochs at least 1, "
                              "tail_batch at least 2, and tail_lr, tail_temperature and "
                              "tail_max_minutes positive.")
         if self.tag_hidden < 1 or self.w_tags < 0:

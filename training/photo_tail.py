@@ -73,66 +73,108 @@ def tunable_slot(encoder: QueryEncoder) -> str | None:
     return None
 
 
-def photo_list(view: IndexView, data: FusionData, config: FusionConfig, *,
-               extra: bool = True, splits: tuple[int, ...] = (0, 1, 2)
-               ) -> tuple[np.ndarray, list[str], list[list[int]], np.ndarray]:
-    """Which photos to make: product rows, files, seeds and the data position of each.
+@dataclass(frozen=True)
+class PhotoList:
+    """Shoppers' photos to make: product rows, files, seeds, and each one's position in the
+    fusion data's photos (-1: a photo only the tail trains on)."""
 
-    The fusion data's photos are remade from the seeds :func:`cached_photo_queries` used
-    (a product's n-th photo is its n-th occurrence); the extras are catalog photos of
-    training products the data has no photo of.
+    rows: np.ndarray
+    sources: list[str]
+    seeds: list[list[int]]
+    positions: np.ndarray
+
+    @classmethod
+    def of(cls, items: list[tuple[int, str, list[int], int]]) -> PhotoList:
+        rows, sources, seeds, positions = zip(*items, strict=True) if items else ((), (), (),
+                                                                                 ())
+        return cls(np.asarray(rows, np.int64), list(sources), list(seeds),
+                   np.asarray(positions, np.int64))
+
+
+def photo_lists(view: IndexView, data: FusionData, config: FusionConfig, *,
+                extra: bool = True, splits: tuple[int, ...] = (0, 1, 2)) -> list[PhotoList]:
+    """The photos the tail reads, in parts cached apart (changing one setting re-makes only
+    its part).
+
+    1. The fusion data's photos of ``splits``, remade from the seeds
+       :func:`cached_photo_queries` used (a product's n-th photo is its n-th occurrence),
+       then (``extra``) ``tail_photos`` catalog photos of training products the data has
+       no photo of.
+    2. (``extra``) ``tail_larger_photos`` more shots of every training product's larger
+       photo, continuing its numbering.
     """
     photos_dir = photos_dir_of(config)
-    rows: list[int] = []
-    sources: list[str] = []
-    seeds: list[list[int]] = []
-    positions: list[int] = []
+    first: list[tuple[int, str, list[int], int]] = []
     seen: dict[int, int] = {}
+    larger_rows: list[int] = []
     for i, (row, larger) in enumerate(zip(data.photo_rows.tolist(), data.photo_larger.tolist(),
                                           strict=True)):
         augment = seen.get(row, 0)
         seen[row] = augment + 1
-        if int(data.split[row]) not in splits:
-            continue
         product = view.products[row]
-        rows.append(row)
-        sources.append(str(photos_dir / f"{product.product_id}.jpg") if larger and photos_dir
-                       else product.image)
-        seeds.append([config.seed, 7, row, augment])
-        positions.append(i)
-    if extra and config.tail_photos and TRAIN in splits:
-        pool = np.flatnonzero((data.split == TRAIN) & np.array(
-            [bool(p.image) for p in view.products]))
-        pool = np.setdiff1d(pool, data.photo_rows)
-        rng = np.random.default_rng([config.seed, 13])
-        for row in np.sort(rng.choice(pool, size=min(config.tail_photos, len(pool)),
-                                      replace=False)).tolist():
-            rows.append(row)
-            sources.append(view.products[row].image)
-            seeds.append([config.seed, 13, row, 0])
-            positions.append(-1)
-    return np.asarray(rows, np.int64), sources, seeds, np.asarray(positions, np.int64)
+        source = str(photos_dir / f"{product.product_id}.jpg") if larger and photos_dir \
+            else product.image
+        if larger and augment == 0 and data.split[row] == TRAIN:
+            larger_rows.append(row)
+        if int(data.split[row]) in splits:
+            first.append((row, source, [config.seed, 7, row, augment], i))
+    more: list[tuple[int, str, list[int], int]] = []
+    if extra and TRAIN in splits:
+        if config.tail_photos:
+            pool = np.flatnonzero((data.split == TRAIN) & np.array(
+                [bool(p.image) for p in view.products]))
+            pool = np.setdiff1d(pool, data.photo_rows)
+            rng = np.random.default_rng([config.seed, 13])
+            for row in np.sort(rng.choice(pool, size=min(config.tail_photos, len(pool)),
+                                          replace=False)).tolist():
+                first.append((row, view.products[row].image, [config.seed, 13, row, 0], -1))
+        for row in larger_rows:
+            source = str(photos_dir / f"{view.products[row].product_id}.jpg")
+            for augment in range(seen[row], seen[row] + config.tail_larger_photos):
+                more.append((row, source, [config.seed, 7, row, augment], -1))
+    return [PhotoList.of(first)] + ([PhotoList.of(more)] if more else [])
 
 
 def tail_photos(view: IndexView, data: FusionData, config: FusionConfig, slot: str,
                 cache_dir: Path | None, encoder: Callable[[], QueryEncoder] | None, *,
                 extra: bool = True, splits: tuple[int, ...] = (0, 1, 2),
                 show: bool | None = None) -> TailPhotos:
-    """The trunk's maps and the other image slots of the photos :func:`photo_list` names,
-    from the cache when they are there.
+    """The trunk's maps and the other image slots of the photos :func:`photo_lists` names,
+    from the cache where they are there.
 
     Raises:
         FileNotFoundError: Not cached and no ``encoder`` to make them.
+        ValueError: No photo could be made.
     """
-    rows, sources, seeds, positions = photo_list(view, data, config, extra=extra,
-                                                 splits=splits)
+    made: Any = None
+
+    def get_encoder() -> QueryEncoder:
+        nonlocal made
+        if encoder is None:
+            raise FileNotFoundError("A photo tail cache is missing and no encoder was given.")
+        made = made or encoder()
+        return made
+
+    parts = [_trunk_maps(view, part, slot, cache_dir, get_encoder, show)
+             for part in photo_lists(view, data, config, extra=extra, splits=splits)]
+    parts = [p for p in parts if len(p["rows"])]
+    if not parts:
+        raise ValueError("No shopper's photo could be made for the photo tail.")
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return _as_photos(arrays, data)
+
+
+def _trunk_maps(view: IndexView, photos: PhotoList, slot: str, cache_dir: Path | None,
+                encoder: Callable[[], QueryEncoder], show: bool | None
+                ) -> dict[str, np.ndarray]:
+    """One part's arrays (``rows``, ``data``, ``maps``, ``slot.<other>``), cached."""
+    rows, sources, seeds, positions = photos.rows, photos.sources, photos.seeds, \
+        photos.positions
     key = digest([PHOTO_RECIPE, view.key, rows.tolist(), sources, seeds, slot])
     path = cache_dir / f"tail-{view.version}-{key}.npz" if cache_dir else None
     if path is not None and (hit := load_npz(path)) is not None:
         logger.info("photo tail: %d photos' maps from cache %s", len(hit["rows"]), path)
-        return _as_photos(hit, data)
-    if encoder is None:
-        raise FileNotFoundError(f"Photo tail cache {path} is missing and no encoder was given.")
+        return hit
     enc = encoder()
     profile = enc.loaded.profile
     variants = profile.photo_variants()
@@ -168,13 +210,15 @@ def tail_photos(view: IndexView, data: FusionData, config: FusionConfig, slot: s
                         [p[i] for p in batch]).astype(np.float16))  # type: ignore[index]
                 kept.extend(start + j for j in ok)
             bar.update(len(prepared))
+    if not kept:
+        return {"rows": rows[:0]}
     out = {"rows": rows[kept], "data": positions[kept], "maps": np.concatenate(maps),
            **{f"slot.{k}": np.concatenate(v) for k, v in other.items()}}
     logger.info("photo tail: %d photos through the trunk in %.1f s", len(kept),
                 time.perf_counter() - started)
     if path is not None:
         save_npz(path, out)
-    return _as_photos(out, data)
+    return out
 
 
 def _as_photos(arrays: Mapping[str, np.ndarray], data: FusionData) -> TailPhotos:

@@ -285,3 +285,34 @@ def test_the_report_says_what_the_tail_did():
     dropped = "\n".join(_tail_lines({"metrics": {"photo_tail": info}, "photo_tail": None}))
     assert "not kept" in dropped
     assert _tail_lines({"metrics": {}}) == []  # heads trained before tails, or without one
+
+
+def test_the_tails_photos_remake_the_datas_and_add_more(tmp_path):
+    from types import SimpleNamespace
+
+    from training.photo_tail import photo_lists
+
+    (tmp_path / "big").mkdir()
+    products = [SimpleNamespace(product_id=f"P{i}", image=f"/img/P{i}.jpg") for i in range(8)]
+    view = SimpleNamespace(products=products)
+    # rows 0 (larger photo, 3 shots) and 1 train, 2 valid, 3 test; 4-7 train, no photo yet
+    split = np.array([0, 0, 1, 2, 0, 0, 0, 0], dtype=np.int8)
+    data = SimpleNamespace(photo_rows=np.array([0, 0, 0, 1, 2, 3]),
+                           photo_larger=np.array([True, True, True, False, False, False]),
+                           split=split)
+    config = FusionConfig(seed=5, photos_dir=str(tmp_path / "big"), tail_photos=2,
+                          tail_larger_photos=2)
+    first, more = photo_lists(view, data, config)
+    assert first.positions.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
+    assert first.seeds[:4] == [[5, 7, 0, 0], [5, 7, 0, 1], [5, 7, 0, 2], [5, 7, 1, 0]]
+    assert first.sources[0] == str(tmp_path / "big" / "P0.jpg")
+    assert first.sources[3] == "/img/P1.jpg"
+    extras = first.rows[6:].tolist()
+    assert len(set(extras)) == 2 and set(extras) <= {4, 5, 6, 7}  # training, no photo yet
+    assert [s[:2] for s in first.seeds[6:]] == [[5, 13], [5, 13]]
+    # more shots of the larger photo continue its numbering: new photos, not repeats
+    assert more.rows.tolist() == [0, 0] and more.seeds == [[5, 7, 0, 3], [5, 7, 0, 4]]
+    assert more.positions.tolist() == [-1, -1]
+    held = photo_lists(view, data, config, extra=False, splits=(2,))
+    assert len(held) == 1 and held[0].rows.tolist() == [3]
+    assert held[0].positions.tolist() == [5]
