@@ -294,6 +294,14 @@ class SearchEngine:
         return PreparedPhoto(dict(zip(variants, normalise_variants(photo, variants),
                                       strict=True)))
 
+    def warm_up(self) -> None:
+        """Builds now what the first photo query would otherwise wait for: the encoder a
+        learned head tunes for query photos (an ONNX export, seconds on a few cores)."""
+        if hasattr(self.fusion, "query_encoder"):
+            for slot in self.profile.profile.slots:
+                if slot.source == IMAGE:
+                    self.fusion.query_encoder(slot.name, self.profile.encoder(slot))
+
     def encode_query(self, image: PreparedPhoto | None, text: str | None
                      ) -> dict[str, np.ndarray]:
         """Slot name -> unit query vector for every slot this query can fill."""

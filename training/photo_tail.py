@@ -389,7 +389,11 @@ def fit_photo_tail(view: IndexView, data: FusionData, config: FusionConfig,
         logger.info("photo tail: no image slot's encoder can take a tuned tail; skipped")
         return None, {"skipped": "no tunable image encoder"}
     slot, net = found
-    photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc, show=show)
+    try:
+        photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc, show=show)
+    except ValueError as exc:  # a catalog without photos
+        logger.info("photo tail: %s; skipped", exc)
+        return None, {"skipped": str(exc)}
     base = net.tail()
     scorer = TailScorer({s: data.products[s] for s in data.image_slots}, slot, weights)
     tail, info = train_tail(base, photos, scorer, config, show)
@@ -417,8 +421,11 @@ def use_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, tail
     slot, net = found
     module = net.tail(tail.first)
     module.load_state_dict(tail.state)
-    photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc,
-                         extra=splits == (0, 1, 2), splits=splits, show=show)
+    try:
+        photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc,
+                             extra=splits == (0, 1, 2), splits=splits, show=show)
+    except ValueError:  # no photo in these splits: nothing to encode
+        return dict(data.photo_vectors)
     mine = np.flatnonzero(photos.data >= 0)
     out = dict(data.photo_vectors)
     vectors = out[slot].copy()

@@ -52,6 +52,9 @@ def load_factory(spec: str) -> Callable[[], ShopAssistant]:
 @st.cache_resource(show_spinner="Opening the catalog (the first visit loads the models)...")
 def _shared_assistant(spec: str) -> ShopAssistant:
     assistant = load_factory(spec)()
+    warm_up = getattr(getattr(assistant, "engine", None), "warm_up", None)
+    if warm_up is not None:  # the first shopper's photo should not wait for it
+        warm_up()
     logger.info("assistant ready: index %s, backend %s",
                 getattr(assistant.engine, "version", "?"), assistant.llm_name)
     return assistant

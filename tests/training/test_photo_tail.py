@@ -247,6 +247,9 @@ def test_the_engine_encodes_query_photos_with_its_heads_tail(offline_run, effnet
                                  _nudged(effnet)))
     registry.promote("fusion", version, settings, show=False)
     engine = SearchEngine.open(settings.index_dir, settings=settings)
+    assert not engine.fusion.tail._tuned  # built at the first photo query, or by warm_up
+    engine.warm_up()
+    assert len(engine.fusion.tail._tuned) == 1
     photo = draw_product("Dresses", COLOURS["Blue"], seed=5)
     prepared = engine.prepare_image(photo)
     query = engine.encode_query(prepared, None)
