@@ -251,12 +251,14 @@ class TailScorer:
         return out
 
 
-def _batch(photos: TailPhotos, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    maps = torch.from_numpy(photos.maps[idx].astype(np.float32)).contiguous(
+def _maps(photos: TailPhotos, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(photos.maps[idx].astype(np.float32)).contiguous(
         memory_format=torch.channels_last)
-    other = {k: F.normalize(torch.from_numpy(v[idx].astype(np.float32)), dim=1)
-             for k, v in photos.other.items()}
-    return maps, other
+
+
+def _other(photos: TailPhotos, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    return {k: F.normalize(torch.from_numpy(v[idx].astype(np.float32)), dim=1)
+            for k, v in photos.other.items()}
 
 
 @torch.no_grad()
@@ -266,7 +268,7 @@ def tuned_vectors(tail: torch.nn.Module, photos: TailPhotos, idx: np.ndarray | N
     idx = np.arange(len(photos)) if idx is None else idx
     was = tail.training
     tail.eval()
-    out = [F.normalize(tail(_batch(photos, idx[i:i + batch])[0]), dim=1).numpy()
+    out = [F.normalize(tail(_maps(photos, idx[i:i + batch])), dim=1).numpy()
            for i in range(0, len(idx), batch)]
     tail.train(was)
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
@@ -281,9 +283,8 @@ def photo_recall(tail: torch.nn.Module, photos: TailPhotos, scorer: TailScorer,
     hits = 0
     for i in range(0, len(idx), batch):
         part = idx[i:i + batch]
-        _maps, other = _batch(photos, part)
         tuned = torch.from_numpy(tuned_vectors(tail, photos, part))
-        hits += int((scorer.scores(tuned, other).argmax(dim=1).numpy()
+        hits += int((scorer.scores(tuned, _other(photos, part)).argmax(dim=1).numpy()
                      == photos.rows[part]).sum())
     return hits / len(idx)
 
@@ -328,9 +329,9 @@ def train_tail(base: torch.nn.Module, photos: TailPhotos, scorer: TailScorer,
             losses = []
             for step in range(steps_per_epoch):
                 idx = order[step * batch:(step + 1) * batch]
-                maps, other = _batch(photos, idx)
-                tuned = F.normalize(tail(maps), dim=1)
-                loss = F.cross_entropy(scorer.scores(tuned, other) / config.tail_temperature,
+                tuned = F.normalize(tail(_maps(photos, idx)), dim=1)
+                loss = F.cross_entropy(scorer.scores(tuned, _other(photos, idx))
+                                       / config.tail_temperature,
                                        target[idx])
                 step_loss = float(loss.detach())
                 if not math.isfinite(step_loss):
