@@ -206,9 +206,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         _print_rankers(rankers)
         return 0
     print(f"{'kind':<7} {'version':<8} {'created':<21} {'t->photo':>8} {'t->prod':>8} "
-          f"{'photo R@1':>9}  status")
+          f"{'photo R@1':>9} {'tail':>6}  status")
     for e in entries:
         test = e.metrics.get("test", {})
+        tail = e.metrics.get("photo_tail") or {}
+        # the photo tail's gain in validation photo R@1 over the untuned encoder, if kept
+        gain = (f"+{tail['valid_R@1'] - tail['untuned_valid_R@1']:.3f}"
+                if tail.get("best_epoch") else "-")
 
         def fig(kind: str, metric: str, test: dict = test) -> str:
             value = test.get(kind, {}).get(metric)
@@ -217,7 +221,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         status = "CORRUPT: " + e.error if e.error else (
             "promoted: " + ", ".join(e.promoted_for) if e.promoted_for else "")
         print(f"{e.kind:<7} {e.version:<8} {e.created:<21} {fig('text_photo', 'NDCG@10'):>8} "
-              f"{fig('text_product', 'NDCG@10'):>8} {fig('photo', 'R@1'):>9}  {status}")
+              f"{fig('text_product', 'NDCG@10'):>8} {fig('photo', 'R@1'):>9} {gain:>6}  "
+              f"{status}")
     if rankers:
         _print_rankers(rankers)
     return 0

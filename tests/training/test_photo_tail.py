@@ -230,6 +230,19 @@ def test_a_fusion_run_tunes_the_photo_tail_first(offline_run):
     assert (result.artifact / TAIL_FILE).exists() == (meta["photo_tail"] is not None)
 
 
+def test_models_list_shows_the_tails_gain(offline_run, capsys):
+    from retrieval.cli import main
+
+    _settings, root, _config, result = offline_run
+    assert main(["models", "list", "--models", str(root / "models")]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[7] == "tail"  # after "photo R@1"
+    info = result.metrics["photo_tail"]
+    expected = (f"+{info['valid_R@1'] - info['untuned_valid_R@1']:.3f}"
+                if info["best_epoch"] else "-")
+    assert row.split()[6] == expected
+
+
 def test_the_engine_encodes_query_photos_with_its_heads_tail(offline_run, effnet):
     import shutil
 
