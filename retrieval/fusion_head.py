@@ -538,12 +538,17 @@ def check_finite(tensors: Mapping[str, torch.Tensor], folder: str | Path, comman
 
 
 def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
-    """Loads and verifies a fusion head artifact.
+    """Loads and verifies a fusion head artifact (its photo tail included).
 
     Raises:
         ArtifactError: Missing files, a hash mismatch (corruption), unreadable weights or
             shapes that do not fit the recorded architecture.
     """
+    head, meta, _tail = _load_artifact(folder)
+    return head, meta
+
+
+def _load_artifact(folder: str | Path) -> tuple[FusionHead, dict[str, Any], PhotoTail | None]:
     meta, path = read_verified(folder, CONFIG, WEIGHTS, kind="fusion-head", fmt=FORMAT,
                                what="a fusion head", command="shopassist train fusion")
     config = HeadConfig.from_dict(meta["architecture"])
@@ -554,9 +559,9 @@ def load_head(folder: str | Path) -> tuple[FusionHead, dict[str, Any]]:
     except (SafetensorError, RuntimeError) as exc:
         raise ArtifactError(f"{path} does not fit its recorded architecture ({exc}).") from None
     check_finite(tensors, folder, "shopassist train fusion")
-    load_tail(folder, meta)  # refuse a damaged tail with the rest of the artifact
+    tail = load_tail(folder, meta)  # a damaged tail is refused with the rest
     head.eval()
-    return head, meta
+    return head, meta, tail
 
 
 def load_tail(folder: str | Path, meta: Mapping[str, Any]) -> PhotoTail | None:
@@ -588,8 +593,8 @@ class LearnedFusion:
 
     @classmethod
     def load(cls, folder: str | Path) -> LearnedFusion:
-        head, meta = load_head(folder)
-        return cls(head, meta, Path(folder), load_tail(folder, meta))
+        head, meta, tail = _load_artifact(folder)
+        return cls(head, meta, Path(folder), tail)
 
     def query_encoder(self, slot: str, base: Any) -> Any:
         """The encoder for query photos of ``slot``: ``base`` with the head's fine-tuned

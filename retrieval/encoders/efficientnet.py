@@ -128,7 +128,6 @@ class EfficientNetEncoder:
         self.dtype = resolve_dtype(precision, self.device)
         model = EfficientNet.from_name("efficientnet-lite0")
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.tail_from: int | None = None
         if tail is not None:
             first, state = tail
             try:
@@ -136,7 +135,6 @@ class EfficientNetEncoder:
             except (RuntimeError, IndexError, TypeError) as exc:
                 raise ValueError(f"The fine-tuned tail (from block {first}) does not fit "
                                  f"EfficientNet-Lite0: {exc}") from None
-            self.tail_from = first
         model.eval()
         self.session: Any = None
         self.backend = "torch"
