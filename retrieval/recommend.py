@@ -176,15 +176,19 @@ def _targets(engine: SearchEngine, category: str, attributes: Mapping[str, str],
 
 def _interleave(rows: np.ndarray, score: np.ndarray, groups: np.ndarray,
                 order: Sequence[str], k: int) -> list[tuple[int, float]]:
-    """Round-robin over groups in rule order, best first within each group."""
+    """Rounds of one product per group (so the list is an outfit), best first within each
+    group; within a round, a "bought together" pick leads and the others follow by score,
+    so scores fall within each round."""
     queues = []
     for value in order:
         idx = np.flatnonzero(groups == value)
         idx = idx[np.argsort(-score[idx], kind="stable")]
         queues.append([(int(rows[i]), float(score[i])) for i in idx[:k]])
+    lead = 1 if order and order[0] == TOGETHER else 0
     out: list[tuple[int, float]] = []
     while len(out) < k and any(queues):
-        for queue in queues:
-            if queue and len(out) < k:
-                out.append(queue.pop(0))
+        together = [queues[0].pop(0)] if lead and queues[0] else []
+        rest = [queue.pop(0) for queue in queues[lead:] if queue]
+        rest.sort(key=lambda pick: -pick[1])  # stable: ties keep the rules' order
+        out.extend([*together, *rest][:k - len(out)])
     return out

@@ -31,7 +31,7 @@ import torch
 
 from retrieval.config import Settings, load_settings
 from retrieval.fusion_head import FusionHead, HeadConfig, group_key, save_head
-from retrieval.photo_tail import PhotoTail
+from retrieval.photo_tail import TAIL_FILE, PhotoTail
 from retrieval.progress import progress
 from retrieval.refuse import training_free_fusion
 from training.fusion_batches import FusionBatches, to_torch
@@ -203,7 +203,11 @@ def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, whe
                               f"(snapshot {meta.get('data_snapshot')}, now {snapshot}); start "
                               "a new run without --resume.")
     old_on = meta.get("trained_on")
-    if trained_on is not None and old_on is not None and old_on != trained_on:
+    if trained_on is not None and old_on is None:
+        raise CheckpointError(f"The checkpoint in {where} does not record which index it was "
+                              "trained against (an older version wrote it), so resuming "
+                              "cannot be checked: start a new run without --resume.")
+    if trained_on is not None and old_on != trained_on:
         raise CheckpointError(f"The checkpoint in {where} was trained against another index "
                               f"or rows ({old_on}, now {trained_on}); resume with the same "
                               "--index, or start a new run without --resume.")
@@ -218,10 +222,13 @@ def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cach
     The first process trains it, or, resuming, takes the one the checkpoint folder kept,
     so every process and every resumed epoch train the head on the same photo vectors.
     """
-    if not config.photo_tail:
-        return None, {}
     record = ckpt_dir / TAIL_RECORD
     main = accelerator.is_main_process
+    if not config.photo_tail:
+        if main and not resume:  # an earlier run's tail is not this run's
+            for stale in (record, ckpt_dir / TAIL_FILE):
+                stale.unlink(missing_ok=True)
+        return None, {}
     if main and not (resume and record.is_file()):
         weights = training_free_fusion(view.manifest).weights()
         tail, info = fit_photo_tail(view, data, config, weights, cache, make_encoder, show)

@@ -39,6 +39,10 @@ class EventLogError(RuntimeError):
     """The event log database cannot be used as asked (missing, foreign, or a bad reference)."""
 
 
+class LogLockedError(EventLogError):
+    """Another process held the log's write lock past the busy timeout."""
+
+
 class SchemaVersionError(EventLogError):
     """The database was written by a different version of the event log schema."""
 
@@ -91,7 +95,7 @@ def database_error(exc: DBAPIError, where: str) -> EventLogError | None:
                              "give the path of the event log file, or a new path to start "
                              "one.")
     if "locked" in lowered or "busy" in lowered:
-        return EventLogError(f"The event log {where} is locked: another process is writing "
+        return LogLockedError(f"The event log {where} is locked: another process is writing "
                              f"to it (waited {SQLITE_BUSY_TIMEOUT_S:g} s). Retry when it "
                              "has finished.")
     if "unable to open" in lowered:

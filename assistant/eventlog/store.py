@@ -11,6 +11,10 @@ included — from any number of threads: each call is one short transaction on a
 connection. With SQLite the writes of a process are also serialised by a lock and start
 with ``BEGIN IMMEDIATE``, so concurrent writers queue on SQLite's busy timeout instead of
 failing with "database is locked" when a read transaction tries to upgrade.
+
+A write that waited the whole busy timeout in vain (another process held the lock: a long
+purge, a backup) makes the process's next writes fail at once for ``LOCK_BACKOFF_S``, so
+a chat turn during such a lock waits once, not once per row it logs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -31,6 +36,7 @@ from assistant.eventlog import readers, rows
 from assistant.eventlog.engine import (
     WRITE_OPTION,
     EventLogError,
+    LogLockedError,
     connect,
     database_error,
     is_memory,
@@ -51,6 +57,8 @@ from assistant.eventlog.schema import (
 from assistant.eventlog.schema import meta as meta_table
 
 logger = logging.getLogger(__name__)
+
+LOCK_BACKOFF_S = 15.0  # after a write timed out on the lock, later writes fail at once this long
 
 
 @contextlib.contextmanager
@@ -88,6 +96,7 @@ class EventLog:
         self._read_lock = lock if self._memory else contextlib.nullcontext()
         # Messages about the file name it as given, not as a URL.
         self._where = str(url.database) if sqlite and not self._memory else self.url
+        self._locked_at: float | None = None  # when a write last timed out on the lock
 
     @classmethod
     def open(cls, url: str | os.PathLike[str] | URL | None = None, *, create: bool = True,
@@ -167,6 +176,24 @@ class EventLog:
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[Connection]:
+        locked_at = self._locked_at
+        if locked_at is not None:
+            ago = time.monotonic() - locked_at
+            if ago < LOCK_BACKOFF_S:
+                raise LogLockedError(
+                    f"The event log {self._where} is locked: another process is writing to "
+                    f"it (a write waited in vain {ago:.0f} s ago); writes are skipped "
+                    f"without waiting for {LOCK_BACKOFF_S - ago:.0f} s more.")
+        try:
+            with self._writing_now(what) as conn:
+                yield conn
+        except LogLockedError:
+            self._locked_at = time.monotonic()
+            raise
+        self._locked_at = None
+
+    @contextlib.contextmanager
+    def _writing_now(self, what: str) -> Iterator[Connection]:
         with self._write_lock, self._connecting() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             with self._driver_errors():

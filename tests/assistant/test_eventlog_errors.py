@@ -7,14 +7,15 @@ on one line, and the database or file given left as it was.
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from assistant.eventlog import EventLog, EventLogError, engine
-from assistant.eventlog.engine import resolve_url
+from assistant.eventlog import EventLog, EventLogError, engine, store
+from assistant.eventlog.engine import LogLockedError, resolve_url
 from assistant.eventlog.retention import parse_time, purge
 from assistant.eventlog.schema import utcnow
 from retrieval.cli import main
@@ -115,6 +116,32 @@ def test_a_locked_log_says_another_process_is_writing(
         event_log.start_conversation()
     locked.rollback()
     assert event_log.counts() == before  # nothing purged
+
+
+def test_after_a_write_times_out_on_the_lock_the_next_ones_do_not_wait(
+        short_busy_timeout: None, locked: sqlite3.Connection, event_log: EventLog,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat turn logs several rows: during another process's long lock it waits the
+    busy timeout once, not once per row."""
+    before = event_log.counts()["conversations"]
+    started = time.perf_counter()
+    with pytest.raises(LogLockedError, match=r"waited 0.2 s"):
+        event_log.start_conversation()
+    assert time.perf_counter() - started >= 0.15
+    for _ in range(3):
+        started = time.perf_counter()
+        with pytest.raises(LogLockedError, match="skipped without waiting"):
+            event_log.start_conversation()
+        assert time.perf_counter() - started < 0.15
+    locked.rollback()
+    # the back-off runs its course even once the lock is free; then writes resume
+    with pytest.raises(LogLockedError, match="skipped without waiting"):
+        event_log.start_conversation()
+    monkeypatch.setattr(store, "LOCK_BACKOFF_S", 0.0)
+    event_log.start_conversation()
+    monkeypatch.setattr(store, "LOCK_BACKOFF_S", 60.0)
+    event_log.start_conversation()  # a write that succeeded ended the back-off
+    assert event_log.counts()["conversations"] == before + 2
 
 
 def test_a_log_being_written_still_opens_for_reading(

@@ -204,6 +204,24 @@ def test_complementary_follows_category_rules_and_gender(engine):
     assert all(h.product.attributes["gender"] == tshirt.attributes["gender"]
                for h in result.hits)
     assert all(h.product.in_stock for h in result.hits)
+    # Rounds of one product per category; within a round, scores fall.
+    per_round = len(categories)
+    for start in range(0, len(result.hits), per_round):
+        scores = [h.score for h in result.hits[start:start + per_round]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_interleave_rounds_are_best_first_with_bought_together_leading():
+    from retrieval.recommend import TOGETHER, _interleave
+
+    rows = np.arange(7)
+    score = np.array([0.9, 0.5, 0.8, 0.7, 0.95, 0.6, 0.2], dtype=np.float32)
+    groups = np.array(["Jeans", "Jeans", "Shoes", "Shoes", "Watches", "Watches", TOGETHER],
+                      dtype=object)
+    picked = _interleave(rows, score, groups, ["Jeans", "Shoes", "Watches"], 6)
+    assert [r for r, _ in picked] == [4, 0, 2, 3, 5, 1]
+    picked = _interleave(rows, score, groups, [TOGETHER, "Jeans", "Shoes", "Watches"], 5)
+    assert [r for r, _ in picked] == [6, 4, 0, 2, 3]  # the partner leads its round
 
 
 def _shopper_photo(path, colour=(90, 160, 220), angle=8) -> Image.Image:

@@ -230,6 +230,30 @@ def test_a_fusion_run_tunes_the_photo_tail_first(offline_run):
     assert (result.artifact / TAIL_FILE).exists() == (meta["photo_tail"] is not None)
 
 
+def test_a_run_without_a_tail_drops_an_earlier_runs_tail(tmp_path):
+    from types import SimpleNamespace
+
+    from training.fusion import TAIL_RECORD, run_photo_tail
+    from training.fusion_config import FusionConfig
+
+    main = SimpleNamespace(is_main_process=True)
+    off = FusionConfig(photo_tail=False)
+
+    def earlier_tail():
+        (tmp_path / TAIL_RECORD).write_text('{"tail": null, "info": {}}')
+        (tmp_path / TAIL_FILE).write_bytes(b"weights")
+
+    earlier_tail()
+    # resuming a run without a tail leaves the folder as it is...
+    assert run_photo_tail(None, None, off, tmp_path, None, tmp_path, main, resume=True,
+                          show=False) == (None, {})
+    assert (tmp_path / TAIL_RECORD).exists() and (tmp_path / TAIL_FILE).exists()
+    # ...a new one removes what an earlier run tuned, so nothing can resume onto it
+    assert run_photo_tail(None, None, off, tmp_path, None, tmp_path, main, resume=False,
+                          show=False) == (None, {})
+    assert not (tmp_path / TAIL_RECORD).exists() and not (tmp_path / TAIL_FILE).exists()
+
+
 def test_models_list_shows_the_tails_gain(offline_run, capsys):
     from retrieval.cli import main
 

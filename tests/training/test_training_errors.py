@@ -216,6 +216,14 @@ def test_resume_refuses_a_checkpoint_of_another_index(sim_engine, frame, data, i
         train_ranker(index_copy.index_dir, config, out, data=other, device="cpu", show=False,
                      resume=True)
     assert ModelRegistry(out).versions("ranker") == []
+    # A checkpoint from before runs recorded their index cannot be checked: refused too.
+    state = ModelRegistry(out).checkpoint_dir("ranker") / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["trained_on"]
+    state.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not record which index"):
+        train_ranker(sim_engine.settings.index_dir, config, out, data=data, device="cpu",
+                     show=False, resume=True)
 
 
 # -- the registry ----------------------------------------------------------------------------
