@@ -26,7 +26,7 @@ from retrieval.catalog import Product
 from retrieval.config import Settings, load_settings
 from retrieval.encoders import IMAGE, Encoder, create_encoder, l2_normalise
 from retrieval.filters import Filters
-from retrieval.fusion import WeightedConcatFusion, matvec, slot_scores, weighted_score
+from retrieval.fusion import WeightedConcatFusion, matvec, weighted_score
 from retrieval.fusion_head import ArtifactError
 from retrieval.images import ImageLimits, ImageSource, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, check_contract, read_manifest
@@ -562,12 +562,9 @@ class SearchEngine:
             if not self._float32:
                 self._float32.update({s: v.astype(np.float32) for s, v in self.vectors.items()})
             per_slot = {s: matvec(self._float32[s], v)[rows] for s, v in query.items()}
-            fused_scores = None if self.fused is None else matvec(self.fused,
-                                                                  fused_query)[rows]
         else:
-            per_slot = slot_scores(query, {s: self.vectors[s][rows] for s in query})
-            fused_scores = None if self.fused is None else matvec(self.fused[rows],
-                                                                  fused_query)
+            per_slot = {s: matvec(self.vectors[s], v, rows) for s, v in query.items()}
+        fused_scores = None if self.fused is None else matvec(self.fused, fused_query, rows)
         if fused_scores is None:
             fused_scores = weighted_score(per_slot, self.weights)
         bonus = np.zeros(len(rows), dtype=np.float32)

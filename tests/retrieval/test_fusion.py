@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.fusion import SlotSpec, WeightedConcatFusion, slot_scores, weighted_score
+import retrieval.fusion as fusion_module
+from retrieval.fusion import (
+    SlotSpec,
+    WeightedConcatFusion,
+    matvec,
+    slot_scores,
+    weighted_score,
+)
 
 SEED = 7
 
@@ -143,3 +150,19 @@ def test_weighted_score_errors() -> None:
         weighted_score({}, {"a": 1.0})
     with pytest.raises(ValueError, match=r"No weight for slot\(s\) \['x'\]"):
         weighted_score({"x": np.ones(2)}, {"a": 1.0})
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_matvec_scores_the_rows_asked_in_pieces(dtype, monkeypatch):
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((1000, 48)).astype(dtype)
+    vec = rng.standard_normal(48).astype(np.float32)
+    expected = matrix.astype(np.float64) @ vec
+    rows = np.array([999, 3, 500, 3, 0])  # any order, repeats kept
+    # pieces of 64 rows: the last one short, every row scored once, in place
+    monkeypatch.setattr(fusion_module, "MATVEC_CHUNK_BYTES", 64 * 4 * 48)
+    whole = matvec(matrix, vec)
+    assert whole.dtype == np.float32 and whole.shape == (1000,)
+    np.testing.assert_allclose(whole, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(matvec(matrix, vec, rows), expected[rows], rtol=1e-4, atol=1e-4)
+    assert matvec(matrix, vec, np.array([], dtype=np.int64)).shape == (0,)
