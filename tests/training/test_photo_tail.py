@@ -191,6 +191,54 @@ def test_a_tail_from_another_encoder_is_not_used(effnet, caplog):
     assert "untuned encoder" in caplog.text
 
 
+class _Base:
+    """An encoder as far as the tuned-encoder cache sees one: a name, a revision and a
+    slow ``with_tail`` that counts its calls."""
+
+    name = "efficientnet-lite0"
+
+    def __init__(self, revision: str) -> None:
+        self.revision = revision
+        self.builds = 0
+
+    def with_tail(self, state, first):
+        import time
+
+        self.builds += 1
+        time.sleep(0.2)
+        return ("tuned", self.revision, first)
+
+
+def test_the_tuned_encoder_is_built_once_however_many_threads_ask():
+    from concurrent.futures import ThreadPoolExecutor
+
+    tail = PhotoTail("image", "efficientnet-lite0@r1", TAIL_FROM, {})
+    base = _Base("r1")
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: tail.tuned_encoder(base), range(8)))
+    assert base.builds == 1 and all(g is got[0] for g in got)
+    assert got[0] == ("tuned", "r1", TAIL_FROM)
+
+
+def test_the_tuned_encoder_is_forgotten_with_its_base(caplog):
+    import gc
+
+    tail = PhotoTail("image", "efficientnet-lite0@r1", TAIL_FROM, {})
+    base = _Base("r1")
+    assert tail.tuned_encoder(base)[0] == "tuned"
+    del base
+    gc.collect()
+    assert tail._tuned == {}  # nothing kept for a base that is gone
+    # A later encoder of another revision (perhaps at the freed address) is checked anew:
+    # never handed the first one's tuned copy.
+    for _ in range(20):
+        other = _Base("r2")
+        with caplog.at_level("WARNING"):
+            assert tail.tuned_encoder(other) is other
+        del other
+    assert "untuned encoder" in caplog.text
+
+
 def test_a_diverged_tail_is_refused(effnet, tmp_path):
     state = effnet.tail().state_dict()
     state["conv_head.weight"] = state["conv_head.weight"] * float("nan")
