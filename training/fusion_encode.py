@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -206,17 +207,20 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Writes a cache file atomically (a killed writer never leaves half a cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:  # interrupted (a full disk, Ctrl-C): no half-written file left behind
+        tmp.unlink(missing_ok=True)
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        if path.exists():
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        if path.exists():  # damaged (a truncated copy, a flipped bit): made again
             logger.warning("ignoring unreadable cache %s (%s)", path, exc)
         return None
 

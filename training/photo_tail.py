@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retrieval.encoders import IMAGE
+from retrieval.encoders.efficientnet import TAIL_FROM
 from retrieval.images import ImageError, load_image
 from retrieval.photo_tail import PhotoTail
 from retrieval.progress import progress
@@ -44,6 +45,10 @@ from training.fusion_encode import PHOTO_RECIPE, IndexView, QueryEncoder, digest
 from training.photos import shopper_photo
 
 logger = logging.getLogger(__name__)
+
+
+class NoTailPhotos(ValueError):
+    """No shopper's photo could be made for the photo tail (a catalog without photos)."""
 
 
 @dataclass
@@ -138,13 +143,13 @@ def photo_lists(view: IndexView, data: FusionData, config: FusionConfig, *,
 def tail_photos(view: IndexView, data: FusionData, config: FusionConfig, slot: str,
                 cache_dir: Path | None, encoder: Callable[[], QueryEncoder] | None, *,
                 extra: bool = True, splits: tuple[int, ...] = (0, 1, 2),
-                show: bool | None = None) -> TailPhotos:
-    """The trunk's maps and the other image slots of the photos :func:`photo_lists` names,
-    from the cache where they are there.
+                first: int = TAIL_FROM, show: bool | None = None) -> TailPhotos:
+    """The trunk's maps (up to block ``first``) and the other image slots of the photos
+    :func:`photo_lists` names, from the cache where they are there.
 
     Raises:
         FileNotFoundError: Not cached and no ``encoder`` to make them.
-        ValueError: No photo could be made.
+        NoTailPhotos: No photo could be made.
     """
     made: Any = None
 
@@ -155,22 +160,25 @@ def tail_photos(view: IndexView, data: FusionData, config: FusionConfig, slot: s
         made = made or encoder()
         return made
 
-    parts = [_trunk_maps(view, part, slot, cache_dir, get_encoder, show)
+    parts = [_trunk_maps(view, part, slot, first, cache_dir, get_encoder, show)
              for part in photo_lists(view, data, config, extra=extra, splits=splits)]
     parts = [p for p in parts if len(p["rows"])]
     if not parts:
-        raise ValueError("No shopper's photo could be made for the photo tail.")
+        raise NoTailPhotos("No shopper's photo could be made for the photo tail.")
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return _as_photos(arrays, data)
 
 
-def _trunk_maps(view: IndexView, photos: PhotoList, slot: str, cache_dir: Path | None,
-                encoder: Callable[[], QueryEncoder], show: bool | None
-                ) -> dict[str, np.ndarray]:
-    """One part's arrays (``rows``, ``data``, ``maps``, ``slot.<other>``), cached."""
+def _trunk_maps(view: IndexView, photos: PhotoList, slot: str, first: int,
+                cache_dir: Path | None, encoder: Callable[[], QueryEncoder],
+                show: bool | None) -> dict[str, np.ndarray]:
+    """One part's arrays (``rows``, ``data``, ``maps``, ``slot.<other>``), cached.
+
+    The key names the index (its encoders' revisions), the photos and the block the maps
+    stop before, so a cache is never read for another tail."""
     rows, sources, seeds, positions = photos.rows, photos.sources, photos.seeds, \
         photos.positions
-    key = digest([PHOTO_RECIPE, view.key, rows.tolist(), sources, seeds, slot])
+    key = digest([PHOTO_RECIPE, view.key, rows.tolist(), sources, seeds, slot, first])
     path = cache_dir / f"tail-{view.version}-{key}.npz" if cache_dir else None
     if path is not None and (hit := load_npz(path)) is not None:
         logger.info("photo tail: %d photos' maps from cache %s", len(hit["rows"]), path)
@@ -202,8 +210,8 @@ def _trunk_maps(view: IndexView, photos: PhotoList, slot: str, cache_dir: Path |
             ok = [j for j, p in enumerate(prepared) if p is not None]
             if ok:
                 batch = [prepared[j] for j in ok]
-                maps.append(net.trunk(net.pixels([p[own] for p in batch]))  # type: ignore[index]
-                            .half().numpy())
+                maps.append(net.trunk(net.pixels([p[own] for p in batch]),  # type: ignore[index]
+                                      first).half().numpy())
                 for name in other:
                     i = variants.index(profile.normaliser_of(slots[name]))
                     other[name].append(enc.loaded.encoder(slots[name]).encode_images(
@@ -314,6 +322,9 @@ def train_tail(base: torch.nn.Module, photos: TailPhotos, scorer: TailScorer,
     history: list[dict[str, Any]] = [{"epoch": 0, "valid_R@1": before}]
     best, best_state, best_epoch = before, None, 0
     info = {"photos": {"train": len(train), "valid": len(valid)}, "history": history}
+    if not len(valid):
+        logger.info("photo tail: no validation photos to choose an epoch by; no tail")
+        return None, {**info, "history": [], "stopped": "no validation photos"}
     if steps_per_epoch < 1:
         logger.info("photo tail: %d training photos, fewer than one batch; no tail", len(train))
         return None, {**info, "stopped": "too few photos"}
@@ -390,12 +401,13 @@ def fit_photo_tail(view: IndexView, data: FusionData, config: FusionConfig,
         logger.info("photo tail: no image slot's encoder can take a tuned tail; skipped")
         return None, {"skipped": "no tunable image encoder"}
     slot, net = found
+    base = net.tail()
     try:
-        photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc, show=show)
-    except ValueError as exc:  # a catalog without photos
+        photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc,
+                             first=base.first, show=show)
+    except NoTailPhotos as exc:  # a catalog without photos
         logger.info("photo tail: %s; skipped", exc)
         return None, {"skipped": str(exc)}
-    base = net.tail()
     scorer = TailScorer({s: data.products[s] for s in data.image_slots}, slot, weights)
     tail, info = train_tail(base, photos, scorer, config, show)
     if tail is None:
@@ -411,6 +423,9 @@ def use_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, tail
     """``data``'s photo vectors with the tuned slot encoded through ``tail`` (for the
     photos of ``splits``; the others, and any photo that could not be remade, keep theirs).
 
+    A tail tuned from another revision of the encoder is not used, as serving does not use
+    it (:meth:`PhotoTail.tuned_encoder`): ``data``'s vectors come back unchanged.
+
     Raises:
         ValueError: The index's encoders cannot take this tail.
     """
@@ -420,12 +435,18 @@ def use_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, tail
         raise ValueError(f"The photo tail is for slot {tail.slot!r}, which this index's "
                          "encoders cannot tune.")
     slot, net = found
+    if f"{net.name}@{net.revision}" != tail.encoder:
+        logger.warning("the photo tail was tuned from %s, but slot %r is encoded by %s@%s: "
+                       "its photos keep the untuned vectors", tail.encoder, slot, net.name,
+                       net.revision)
+        return dict(data.photo_vectors)
     module = net.tail(tail.first)
     module.load_state_dict(tail.state)
     try:
         photos = tail_photos(view, data, config, slot, cache_dir, lambda: enc,
-                             extra=splits == (0, 1, 2), splits=splits, show=show)
-    except ValueError:  # no photo in these splits: nothing to encode
+                             extra=splits == (0, 1, 2), splits=splits, first=tail.first,
+                             show=show)
+    except NoTailPhotos:  # no photo in these splits: nothing to encode
         return dict(data.photo_vectors)
     mine = np.flatnonzero(photos.data >= 0)
     out = dict(data.photo_vectors)

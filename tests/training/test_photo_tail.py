@@ -132,6 +132,15 @@ def test_no_tail_when_no_epoch_beats_the_untuned_one():
     assert tail is None and info["best_epoch"] == 0
 
 
+def test_no_tail_without_validation_photos_to_choose_it_by():
+    base, photos, scorer = _surface_case()
+    photos.split[:] = 0  # every photo a training photo
+    tail, info = train_tail(base, photos, scorer, FusionConfig(tail_epochs=1, tail_batch=32),
+                            show=False)
+    assert tail is None and info["stopped"] == "no validation photos"
+    json.dumps(info, allow_nan=False)  # no NaN recall in what the run records
+
+
 def test_a_diverging_tail_stops_with_advice():
     base, photos, scorer = _surface_case()
     with torch.no_grad():
@@ -276,6 +285,38 @@ def test_a_fusion_run_tunes_the_photo_tail_first(offline_run):
     assert (meta["photo_tail"] is None) == (record["tail"] is None) \
         == (info["best_epoch"] == 0)
     assert (result.artifact / TAIL_FILE).exists() == (meta["photo_tail"] is not None)
+
+
+def test_an_untuned_tail_gives_back_the_datas_photo_vectors(offline_run, effnet, caplog):
+    """use_photo_tail remakes the data's photos with their seeds and runs them through the
+    tail: an untuned tail must land on the vectors the data encoded; a tail from another
+    encoder revision is not used, as the engine would not use it."""
+    from training.fusion_data import build_fusion_data
+    from training.fusion_encode import IndexView, QueryEncoder
+    from training.photo_tail import use_photo_tail
+
+    settings, root, config, _result = offline_run
+    view = IndexView.open(settings.index_dir)
+    data = build_fusion_data(view, config, root / "models" / "cache", show=False)
+    slot = "image"
+    untuned = PhotoTail(slot, f"{effnet.name}@{effnet.revision}", TAIL_FROM,
+                        effnet.tail().state_dict())
+    out = use_photo_tail(view, data, config, untuned, root / "models" / "cache",
+                         lambda: QueryEncoder.for_index(view, settings), show=False)
+    before = data.photo_vectors[slot].astype(np.float32)
+    after = out[slot].astype(np.float32)
+    cosine = (before * after).sum(1) / np.linalg.norm(before, axis=1) / np.linalg.norm(
+        after, axis=1)
+    assert len(cosine) > 0 and cosine.min() > 0.999
+    nudged = PhotoTail(slot, untuned.encoder, TAIL_FROM, _nudged(effnet))
+    moved = use_photo_tail(view, data, config, nudged, root / "models" / "cache",
+                           lambda: QueryEncoder.for_index(view, settings), show=False)[slot]
+    assert not np.allclose(moved.astype(np.float32), before, atol=1e-3)  # it re-encodes
+    other = PhotoTail(slot, f"{effnet.name}@other", TAIL_FROM, _nudged(effnet))
+    with caplog.at_level("WARNING"):
+        kept = use_photo_tail(view, data, config, other, root / "models" / "cache",
+                              lambda: QueryEncoder.for_index(view, settings), show=False)
+    assert kept[slot] is data.photo_vectors[slot] and "untuned vectors" in caplog.text
 
 
 def test_a_run_without_a_tail_drops_an_earlier_runs_tail(tmp_path):
