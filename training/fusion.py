@@ -20,8 +20,9 @@ import copy
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,12 +216,25 @@ def _check_resume(meta: dict[str, Any], config: FusionConfig, snapshot: str, whe
 
 def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cache: Path,
                    make_encoder: Callable[[], QueryEncoder], ckpt_dir: Path, accelerator: Any,
-                   *, resume: bool, show: bool | None) -> tuple[PhotoTail | None, dict[str, Any]]:
+                   *, resume: bool, show: bool | None, checkpoint: Mapping[str, Any] | None
+                   = None) -> tuple[PhotoTail | None, dict[str, Any], str | None]:
     """The run's photo tail (:mod:`training.photo_tail`), and ``data``'s photo vectors
     switched to it.
 
     The first process trains it, or, resuming, takes the one the checkpoint folder kept,
     so every process and every resumed epoch train the head on the same photo vectors.
+
+    Args:
+        checkpoint: Resuming, the checkpoint's meta: the kept tail must be the one it
+            records (``photo_tail``, the tail's sha256).
+
+    Returns:
+        The tail (``None``: no tail), what its training did, and its sha256 (for the
+        checkpoint).
+
+    Raises:
+        CheckpointError: Resuming, the tail kept beside the checkpoint is not the one its
+            head trained with, or its record is unreadable.
     """
     record = ckpt_dir / TAIL_RECORD
     main = accelerator.is_main_process
@@ -228,21 +242,32 @@ def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cach
         if main and not resume:  # an earlier run's tail is not this run's
             for stale in (record, ckpt_dir / TAIL_FILE):
                 stale.unlink(missing_ok=True)
-        return None, {}
+        return None, {}, None
     if main and not (resume and record.is_file()):
         weights = training_free_fusion(view.manifest).weights()
         tail, info = fit_photo_tail(view, data, config, weights, cache, make_encoder, show)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         meta = tail.save(ckpt_dir) if tail is not None else None
-        record.write_text(json.dumps({"tail": meta, "info": info}, default=str) + "\n")
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"tail": meta, "info": info}, default=str) + "\n")
+        os.replace(tmp, record)  # whole or not at all
     accelerator.wait_for_everyone()
-    saved = json.loads(record.read_text())
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"The photo tail record {record} is unreadable ({exc}); start "
+                              "a new run without --resume.") from exc
+    sha = (saved["tail"] or {}).get("sha256")
+    if checkpoint is not None and checkpoint.get("photo_tail", sha) != sha:
+        raise CheckpointError(f"The photo tail in {ckpt_dir} is not the one the checkpoint's "
+                              "head trained with (another run wrote it); start a new run "
+                              "without --resume.")
     if not saved["tail"]:
-        return None, saved["info"]
+        return None, saved["info"], None
     tail = PhotoTail.load(ckpt_dir, saved["tail"])
     data.photo_vectors = use_photo_tail(view, data, config, tail, cache, make_encoder,
                                         show=show if main else False)
-    return tail, saved["info"]
+    return tail, saved["info"], sha
 
 
 def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | Path, *,
@@ -291,8 +316,13 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     if data is None:
         data = build_fusion_data(view, config, cache, None, False)
     data_seconds = time.perf_counter() - started
-    tail, tail_info = run_photo_tail(view, data, config, cache, make_encoder, ckpt_dir,
-                                     accelerator, resume=resume, show=show)
+    resumed = None
+    if resume:  # refused now, before minutes of photo tail for a run that cannot go on
+        resumed = load_checkpoint(ckpt_dir)
+        _check_resume(resumed[1], config, data.snapshot, ckpt_dir)
+    tail, tail_info, tail_sha = run_photo_tail(
+        view, data, config, cache, make_encoder, ckpt_dir, accelerator, resume=resume,
+        show=show, checkpoint=resumed[1] if resumed is not None else None)
     batches = FusionBatches(data, config, accelerator.process_index, accelerator.num_processes)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
@@ -303,9 +333,8 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
                              "bad_epochs": 0, "train_seconds": 0.0,
                              "history": {"steps": [], "epochs": []}}
     best_state: dict[str, torch.Tensor] | None = None
-    if resume:
-        tensors, meta = load_checkpoint(ckpt_dir)
-        _check_resume(meta, config, data.snapshot, ckpt_dir)
+    if resumed is not None:
+        tensors, meta = resumed
         objective.load_state_dict(prefixed(tensors, "model"))
         optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
@@ -354,7 +383,8 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
                 state, value=value, metrics=metrics, sums=sums,
                 steps_per_epoch=steps_per_epoch, config=config, checkpointed=unwrapped,
                 best_of=unwrapped.head, best_state=best_state, optimizer=optimizer,
-                scheduler=scheduler, snapshot=data.snapshot, ckpt_dir=ckpt_dir)
+                scheduler=scheduler, snapshot=data.snapshot, ckpt_dir=ckpt_dir,
+                extra={"photo_tail": tail_sha})
         decision = agree_on_stop(accelerator, decision)
         if decision is not None:
             stopped = decision
@@ -429,7 +459,7 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
                     optimizer=optimizer.state_dict(), meta={
                         **{k: state[k] for k in state}, "config": config.to_dict(),
                         "data_snapshot": data.snapshot, "scheduler": scheduler.state_dict(),
-                        "finished": True, "artifact": version})
+                        "finished": True, "artifact": version, "photo_tail": tail_sha})
     logger.info("fusion head %s written to %s (%s after %d epochs, %.0f s training)",
                 version, artifact, stopped, epoch, state["train_seconds"])
     accelerator.wait_for_everyone()

@@ -335,12 +335,59 @@ def test_a_run_without_a_tail_drops_an_earlier_runs_tail(tmp_path):
     earlier_tail()
     # resuming a run without a tail leaves the folder as it is...
     assert run_photo_tail(None, None, off, tmp_path, None, tmp_path, main, resume=True,
-                          show=False) == (None, {})
+                          show=False) == (None, {}, None)
     assert (tmp_path / TAIL_RECORD).exists() and (tmp_path / TAIL_FILE).exists()
     # ...a new one removes what an earlier run tuned, so nothing can resume onto it
     assert run_photo_tail(None, None, off, tmp_path, None, tmp_path, main, resume=False,
-                          show=False) == (None, {})
+                          show=False) == (None, {}, None)
     assert not (tmp_path / TAIL_RECORD).exists() and not (tmp_path / TAIL_FILE).exists()
+
+
+def test_a_paused_run_resumes_with_its_own_tail(offline_run, tmp_path):
+    from training.fusion import train_fusion
+
+    settings, _root, config, _result = offline_run
+    config = config.replace(epochs=2, tail_epochs=2)
+    paused = train_fusion(settings.index_dir, config, tmp_path, device="cpu",
+                          settings=settings, show=False, stop_after=1)
+    assert paused.stopped == "paused"
+    state = json.loads((tmp_path / "fusion" / "checkpoint" / "state.json").read_text())
+    record = json.loads((tmp_path / "fusion" / "checkpoint" / "photo_tail.json").read_text())
+    assert state["photo_tail"] == (record["tail"] or {}).get("sha256")
+    resumed = train_fusion(settings.index_dir, config, tmp_path, device="cpu",
+                           settings=settings, show=False, resume=True)
+    assert resumed.version is not None
+    # not trained again: the same tail record, and the artifact carries that tail
+    assert resumed.metrics["photo_tail"] == record["info"]
+    meta = json.loads((resumed.artifact / "head.json").read_text())
+    assert (meta["photo_tail"] or {}).get("sha256") == state["photo_tail"]
+
+
+def test_resuming_onto_another_runs_tail_is_refused(tmp_path):
+    """The checkpoint records the sha256 of the tail its head trained with: a tail another
+    run left beside it (a new run that stopped before its first checkpoint) is refused,
+    as is a record cut short."""
+    from types import SimpleNamespace
+
+    from training.fusion import TAIL_RECORD, run_photo_tail
+    from training.fusion_checkpoint import CheckpointError
+    from training.fusion_config import FusionConfig
+
+    main = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    on = FusionConfig(photo_tail=True)
+    record = tmp_path / TAIL_RECORD
+    record.write_text(json.dumps({"tail": {"sha256": "b" * 64}, "info": {}}))
+    with pytest.raises(CheckpointError, match="not the one the checkpoint's head trained"):
+        run_photo_tail(None, None, on, tmp_path, None, tmp_path, main, resume=True,
+                       show=False, checkpoint={"photo_tail": "a" * 64})
+    record.write_text(json.dumps({"tail": None, "info": {"stopped": "epochs"}}))
+    assert run_photo_tail(None, None, on, tmp_path, None, tmp_path, main, resume=True,
+                          show=False, checkpoint={"photo_tail": None}) == \
+        (None, {"stopped": "epochs"}, None)
+    record.write_text('{"tail": {"sha2')
+    with pytest.raises(CheckpointError, match="unreadable"):
+        run_photo_tail(None, None, on, tmp_path, None, tmp_path, main, resume=True,
+                       show=False, checkpoint={"photo_tail": None})
 
 
 def test_models_list_shows_the_tails_gain(offline_run, capsys):
