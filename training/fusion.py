@@ -46,7 +46,7 @@ from training.fusion_checkpoint import (
 )
 from training.fusion_config import FusionConfig
 from training.fusion_data import TEST, TRAIN, VALID, FusionData, build_fusion_data
-from training.fusion_encode import IndexView, QueryEncoder
+from training.fusion_encode import IndexView, QueryEncoder, load_npz, save_npz
 from training.fusion_eval import (
     HeadFusion,
     choose_base_share,
@@ -64,6 +64,7 @@ from training.registry import HISTORY, ModelRegistry
 logger = logging.getLogger(__name__)
 
 TAIL_RECORD = "photo_tail.json"  # in the checkpoint folder: the run's tail (or none)
+TAIL_VECTORS = "photo_tail_vectors.npz"  # beside it: the data's photos through that tail
 
 # Config fields a resumed run may change (they do not alter what is computed per step).
 RESUMABLE_CHANGES = {"max_minutes", "patience", "min_delta", "epochs", "base_shares",
@@ -240,7 +241,7 @@ def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cach
     main = accelerator.is_main_process
     if not config.photo_tail:
         if main and not resume:  # an earlier run's tail is not this run's
-            for stale in (record, ckpt_dir / TAIL_FILE):
+            for stale in (record, ckpt_dir / TAIL_FILE, ckpt_dir / TAIL_VECTORS):
                 stale.unlink(missing_ok=True)
         return None, {}, None
     if main and not (resume and record.is_file()):
@@ -265,8 +266,30 @@ def run_photo_tail(view: IndexView, data: FusionData, config: FusionConfig, cach
     if not saved["tail"]:
         return None, saved["info"], None
     tail = PhotoTail.load(ckpt_dir, saved["tail"])
-    data.photo_vectors = use_photo_tail(view, data, config, tail, cache, make_encoder,
-                                        show=show if main else False)
+    # The first process encodes the data's photos through the tail and keeps them beside
+    # it; the others (and a resumed run) read them, loading no encoder.
+    vectors_path = ckpt_dir / TAIL_VECTORS
+    expected = data.photo_vectors[tail.slot].shape
+
+    def kept() -> np.ndarray | None:
+        hit = load_npz(vectors_path)
+        if hit is None or str(hit.get("sha256")) != sha or hit.get(tail.slot) is None \
+                or hit[tail.slot].shape != expected:
+            return None
+        return hit[tail.slot]
+
+    tuned = kept() if resume else None
+    if main and tuned is None:
+        tuned = use_photo_tail(view, data, config, tail, cache, make_encoder,
+                               show=show)[tail.slot]
+        save_npz(vectors_path, {"sha256": np.array(sha), tail.slot: tuned})
+    accelerator.wait_for_everyone()
+    if tuned is None:
+        tuned = kept()
+        if tuned is None:
+            raise CheckpointError(f"{vectors_path}, the photos through the run's tail, is "
+                                  "missing or not this run's; start a new run.")
+    data.photo_vectors = {**data.photo_vectors, tail.slot: tuned}
     return tail, saved["info"], sha
 
 

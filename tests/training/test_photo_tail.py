@@ -319,6 +319,44 @@ def test_an_untuned_tail_gives_back_the_datas_photo_vectors(offline_run, effnet,
     assert kept[slot] is data.photo_vectors[slot] and "untuned vectors" in caplog.text
 
 
+def test_other_processes_read_the_tuned_photos_and_load_no_encoder(offline_run, effnet,
+                                                                    tmp_path):
+    """Under torchrun the first process runs the data's photos through the tail once; the
+    others read what it kept, without loading the encoders or the maps."""
+    from types import SimpleNamespace
+
+    from training.fusion import TAIL_RECORD, TAIL_VECTORS, run_photo_tail
+    from training.fusion_data import build_fusion_data
+    from training.fusion_encode import IndexView, QueryEncoder
+
+    settings, root, config, _result = offline_run
+    view = IndexView.open(settings.index_dir)
+    cache = root / "models" / "cache"
+    meta = PhotoTail("image", f"{effnet.name}@{effnet.revision}", TAIL_FROM,
+                     _nudged(effnet)).save(tmp_path)
+    (tmp_path / TAIL_RECORD).write_text(json.dumps({"tail": meta, "info": {}}))
+    first = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    other = SimpleNamespace(is_main_process=False, wait_for_everyone=lambda: None)
+    ours = build_fusion_data(view, config, cache, show=False)
+    untuned = ours.photo_vectors["image"]
+    run_photo_tail(view, ours, config, cache, lambda: QueryEncoder.for_index(view, settings),
+                   tmp_path, first, resume=True, show=False,
+                   checkpoint={"photo_tail": meta["sha256"]})
+    assert (tmp_path / TAIL_VECTORS).is_file()
+    assert not np.allclose(ours.photo_vectors["image"].astype(np.float32),
+                           untuned.astype(np.float32), atol=1e-3)
+
+    def no_encoder():
+        raise AssertionError("another process loaded the encoders")
+
+    theirs = build_fusion_data(view, config, cache, show=False)
+    tail, _info, sha = run_photo_tail(view, theirs, config, cache, no_encoder, tmp_path,
+                                      other, resume=False, show=False)
+    assert tail is not None and sha == meta["sha256"]
+    assert np.array_equal(theirs.photo_vectors["image"], ours.photo_vectors["image"])
+    assert set(theirs.photo_vectors) == set(ours.photo_vectors)  # the other slots as made
+
+
 def test_a_run_without_a_tail_drops_an_earlier_runs_tail(tmp_path):
     from types import SimpleNamespace
 
