@@ -357,6 +357,27 @@ def test_other_processes_read_the_tuned_photos_and_load_no_encoder(offline_run, 
     assert set(theirs.photo_vectors) == set(ours.photo_vectors)  # the other slots as made
 
 
+def test_trunk_maps_are_cached_per_first_block(offline_run, caplog):
+    from training.fusion_data import build_fusion_data
+    from training.fusion_encode import IndexView, QueryEncoder
+    from training.photo_tail import tail_photos
+
+    settings, root, config, _result = offline_run
+    view = IndexView.open(settings.index_dir)
+    cache = root / "models" / "cache"
+    data = build_fusion_data(view, config, cache, show=False)
+    before = set(cache.glob("tail-*.npz"))
+    assert before  # the run's maps, from block 11
+    with caplog.at_level("INFO", logger="training.photo_tail"):
+        ours = tail_photos(view, data, config, "image", cache, None, first=TAIL_FROM)
+    assert "from cache" in caplog.text  # read, with no encoder to make them
+    later = tail_photos(view, data, config, "image", cache,
+                        lambda: QueryEncoder.for_index(view, settings), first=TAIL_FROM + 2)
+    assert set(cache.glob("tail-*.npz")) > before  # made and cached apart
+    assert later.maps.shape[1:] != ours.maps.shape[1:]  # another block's maps
+    assert np.array_equal(later.rows, ours.rows)
+
+
 def test_a_run_without_a_tail_drops_an_earlier_runs_tail(tmp_path):
     from types import SimpleNamespace
 
