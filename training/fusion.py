@@ -329,8 +329,13 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     view = IndexView.open(index_dir)
     settings = settings or load_settings()
 
+    made: list[QueryEncoder] = []  # loaded once for the data, the tail and its photos
+
     def make_encoder() -> QueryEncoder:
-        return encoder(view) if encoder is not None else QueryEncoder.for_index(view, settings)
+        if not made:
+            made.append(encoder(view) if encoder is not None
+                        else QueryEncoder.for_index(view, settings))
+        return made[0]
 
     data: FusionData | None = None
     if main:  # the first process encodes what is not cached yet; the others read the cache
@@ -346,6 +351,7 @@ def train_fusion(index_dir: str | Path, config: FusionConfig, models_dir: str | 
     tail, tail_info, tail_sha = run_photo_tail(
         view, data, config, cache, make_encoder, ckpt_dir, accelerator, resume=resume,
         show=show, checkpoint=resumed[1] if resumed is not None else None)
+    made.clear()  # the head trains on stored vectors: no encoder from here on
     batches = FusionBatches(data, config, accelerator.process_index, accelerator.num_processes)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch

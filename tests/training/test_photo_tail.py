@@ -267,9 +267,19 @@ def offline_run(tmp_path_factory, offline_profile):
     root = tmp_path_factory.mktemp("tail-run")
     settings = build_index(root, Settings(device="cpu", precision="fp32", batch_size=16,
                                           profile="offline"), offline_profile, n=90)
+    from training.fusion_encode import QueryEncoder
+
     config = tiny_config(tail_photos=20, tail_epochs=1, tail_batch=16, epochs=1)
+    loads = []
+
+    def encoder(view):
+        loads.append(view)
+        return QueryEncoder.for_index(view, settings)
+
     result = train_fusion(settings.index_dir, config, root / "models", device="cpu",
-                          settings=settings, show=False)
+                          settings=settings, show=False, encoder=encoder)
+    # the encoders load once for the queries, the tail's training and its photos
+    assert len(loads) == 1
     return settings, root, config, result
 
 
