@@ -166,3 +166,16 @@ def test_matvec_scores_the_rows_asked_in_pieces(dtype, monkeypatch):
     np.testing.assert_allclose(whole, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(matvec(matrix, vec, rows), expected[rows], rtol=1e-4, atol=1e-4)
     assert matvec(matrix, vec, np.array([], dtype=np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize("n", [1, 63, 333, 585, 5000])
+def test_matvec_scores_equal_rows_exactly_equal(n):
+    """One product listed twice must tie exactly (ties keep catalog order): torch's kernel
+    sums a few rows of a ragged batch in another order, so matvec never hands it one."""
+    rng = np.random.default_rng(1)
+    row = rng.standard_normal((1, 1790)).astype(np.float16)
+    vec = rng.standard_normal(1790).astype(np.float32)
+    same = np.repeat(row, n, axis=0)
+    for scores in (matvec(same, vec), matvec(same.astype(np.float32), vec),
+                   matvec(same, vec, np.arange(n)[::-1].copy())):
+        assert np.unique(scores).size == 1
