@@ -394,7 +394,7 @@ class Conversation:
             self.assistant.log.start_conversation(
                 conversation_id=self.session.conversation_id, channel=self.session.channel,
                 llm_backend=self.assistant.llm_name, meta=self._meta or None)
-        self._logged_start = True
+            self._logged_start = True  # else the next turn tries again: its rows need it
 
     def _log_message(self, role: str, text: str, uploads: list[str], **meta: Any) -> None:
         if self.assistant.log is None:

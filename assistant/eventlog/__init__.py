@@ -7,12 +7,17 @@ definition shared by the app, the shopper simulator and training; ``pii`` masks;
 
 from __future__ import annotations
 
-from assistant.eventlog.engine import DEFAULT_URL, EventLogError, SchemaVersionError
+from assistant.eventlog.engine import (
+    DEFAULT_URL,
+    EventLogError,
+    LogLockedError,
+    SchemaVersionError,
+)
 from assistant.eventlog.pii import mask, mask_data
 from assistant.eventlog.readers import ConversationRecord, LabelledImpression
 from assistant.eventlog.schema import FEEDBACK_KINDS, ROLES, SCHEMA_VERSION
 from assistant.eventlog.store import EventLog, best_effort
 
 __all__ = ["DEFAULT_URL", "FEEDBACK_KINDS", "ROLES", "SCHEMA_VERSION", "ConversationRecord",
-           "EventLog", "EventLogError", "LabelledImpression", "SchemaVersionError", "best_effort",
-           "mask", "mask_data"]
+           "EventLog", "EventLogError", "LabelledImpression", "LogLockedError",
+           "SchemaVersionError", "best_effort", "mask", "mask_data"]

@@ -97,6 +97,8 @@ class EventLog:
         # Messages about the file name it as given, not as a URL.
         self._where = str(url.database) if sqlite and not self._memory else self.url
         self._locked_at: float | None = None  # when a write last timed out on the lock
+        # Only a SQLite file has a busy timeout to wait out (a server answers at once).
+        self._backs_off = sqlite and not self._memory
 
     @classmethod
     def open(cls, url: str | os.PathLike[str] | URL | None = None, *, create: bool = True,
@@ -176,35 +178,33 @@ class EventLog:
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[Connection]:
-        locked_at = self._locked_at
-        if locked_at is not None:
-            ago = time.monotonic() - locked_at
-            if ago < LOCK_BACKOFF_S:
-                raise LogLockedError(
-                    f"The event log {self._where} is locked: another process is writing to "
-                    f"it (a write waited in vain {ago:.0f} s ago); writes are skipped "
-                    f"without waiting for {LOCK_BACKOFF_S - ago:.0f} s more.")
-        try:
-            with self._writing_now(what) as conn:
-                yield conn
-        except LogLockedError:
-            self._locked_at = time.monotonic()
-            raise
-        self._locked_at = None
-
-    @contextlib.contextmanager
-    def _writing_now(self, what: str) -> Iterator[Connection]:
-        with self._write_lock, self._connecting() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            with self._driver_errors():
-                try:
-                    with conn.begin():
-                        yield conn
-                except IntegrityError as exc:
-                    raise EventLogError(
-                        f"Could not log {what}: it refers to a conversation, message, query "
-                        f"or impression that does not exist, or repeats a unique key "
-                        f"({exc.orig}).") from exc
+        # The back-off is read and set under the process's write lock: threads queued
+        # behind a write that timed out see it too, instead of each waiting again.
+        with self._write_lock:
+            if self._backs_off and self._locked_at is not None:
+                ago = time.monotonic() - self._locked_at
+                if ago < LOCK_BACKOFF_S:
+                    raise LogLockedError(
+                        f"The event log {self._where} is locked: another process is writing "
+                        f"to it (a write waited in vain {ago:.0f} s ago); writes are skipped "
+                        f"without waiting for {LOCK_BACKOFF_S - ago:.0f} s more.")
+            try:
+                with self._connecting() as conn:
+                    conn.execution_options(**{WRITE_OPTION: True})
+                    with self._driver_errors():
+                        try:
+                            with conn.begin():
+                                yield conn
+                        except IntegrityError as exc:
+                            raise EventLogError(
+                                f"Could not log {what}: it refers to a conversation, message, "
+                                f"query or impression that does not exist, or repeats a "
+                                f"unique key ({exc.orig}).") from exc
+            except LogLockedError:
+                if self._backs_off:
+                    self._locked_at = time.monotonic()
+                raise
+            self._locked_at = None
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:

@@ -100,6 +100,7 @@ def test_a_locked_log_costs_warnings_not_the_turn(engine, log, tmp_path, monkeyp
     import sqlite3
 
     from assistant.eventlog import engine as log_engine
+    from assistant.eventlog import store
 
     monkeypatch.setattr(log_engine, "SQLITE_BUSY_TIMEOUT_S", 0.1)
     with EventLog.open(f"sqlite:///{tmp_path / 'busy.sqlite'}") as busy:
@@ -121,6 +122,26 @@ def test_a_locked_log_costs_warnings_not_the_turn(engine, log, tmp_path, monkeyp
         assert all(r.levelname == "WARNING" and r.exc_info is None and
                    "locked" in r.getMessage() for r in failed)
         assert busy.counts()["messages"] == 0
+        # Once the log is free again, the next turn logs the conversation's start first,
+        # so its rows have a conversation to belong to.
+        monkeypatch.setattr(store, "LOCK_BACKOFF_S", 0.0)
+        bot = assistant_with(engine, busy, [
+            call("text_search", {"query": "blue jeans", "k": 3}),
+            AIMessage(content="Here are blue jeans."),
+            call("text_search", {"query": "blue jeans", "k": 3}),
+            AIMessage(content="Here are blue jeans."),
+        ])
+        conversation = bot.conversation()
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            other = sqlite3.connect(tmp_path / "busy.sqlite", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            conversation.turn("blue jeans")  # its start is not logged: the lock is held
+            other.rollback()
+            other.close()
+            conversation.turn("blue jeans")
+        counts = busy.counts()
+        assert counts["conversations"] == 1 and counts["messages"] == 2, counts
 
 
 def test_photos_reach_tools_by_reference(engine, log, tmp_path):

@@ -144,6 +144,25 @@ def test_after_a_write_times_out_on_the_lock_the_next_ones_do_not_wait(
     assert event_log.counts()["conversations"] == before + 2
 
 
+def test_writers_queued_behind_a_timed_out_write_do_not_wait_again(
+        short_busy_timeout: None, locked: sqlite3.Connection, event_log: EventLog) -> None:
+    """Several sessions of one server write at once during another process's lock: the
+    first waits the busy timeout, the ones queued behind it fail at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(_: int) -> float:
+        started = time.perf_counter()
+        with pytest.raises(LogLockedError):
+            event_log.start_conversation()
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        waits = sorted(pool.map(write, range(4)))
+    assert time.perf_counter() - started < 0.55  # one busy timeout (0.2 s), not four
+    assert waits[-1] >= 0.15 and waits[0] < waits[-1]
+
+
 def test_a_log_being_written_still_opens_for_reading(
         short_busy_timeout: None, locked: sqlite3.Connection, event_log: EventLog,
         db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
