@@ -130,18 +130,3 @@ class PhotoTail:
             logger.warning("the fusion head's photo tail cannot be used (%s): query "
                            "photos use the untuned encoder", exc)
             return base
-        name = f"{getattr(base, 'name', '?')}@{getattr(base, 'revision', '?')}"
-        if name != self.encoder or not hasattr(base, "with_tail"):
-            logger.warning("the fusion head's photo tail was tuned from %s, but slot %r is "
-                           "encoded by %s: query photos use the untuned encoder", self.encoder,
-                           self.slot, name)
-            tuned = base
-        else:
-            try:
-                tuned = base.with_tail(self.state, self.first)
-            except ValueError as exc:
-                logger.warning("the fusion head's photo tail cannot be used (%s): query "
-                               "photos use the untuned encoder", exc)
-                tuned = base
-        self._tuned[id(base)] = tuned
-        return tuned
