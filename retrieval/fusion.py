@@ -100,18 +100,19 @@ class WeightedConcatFusion:
                           for s in self.slots]}
 
 
-def slot_scores(query: Mapping[str, np.ndarray], products: Mapping[str, np.ndarray]
-                ) -> dict[str, np.ndarray]:
+def slot_scores(query: Mapping[str, np.ndarray], products: Mapping[str, np.ndarray],
+                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Cosine of one query with many products, per slot the query fills.
 
     Args:
         query: Slot name -> ``(dim,)`` unit vector (only the slots the query fills).
-        products: Slot name -> ``(m, dim)`` unit vectors of the candidate products.
+        products: Slot name -> ``(m, dim)`` unit vectors of the products.
+        rows: Score only these products (all by default), gathered piece by piece.
 
     Returns:
-        Slot name -> ``(m,)`` float32 cosines.
+        Slot name -> float32 cosines, one per product scored.
     """
-    return {name: matvec(products[name], vec) for name, vec in query.items()}
+    return {name: matvec(products[name], vec, rows) for name, vec in query.items()}
 
 
 def matvec(matrix: np.ndarray, vec: np.ndarray, rows: np.ndarray | None = None

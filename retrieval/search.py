@@ -26,7 +26,7 @@ from retrieval.catalog import Product
 from retrieval.config import Settings, load_settings
 from retrieval.encoders import IMAGE, Encoder, create_encoder, l2_normalise
 from retrieval.filters import Filters
-from retrieval.fusion import WeightedConcatFusion, matvec, weighted_score
+from retrieval.fusion import WeightedConcatFusion, matvec, slot_scores, weighted_score
 from retrieval.fusion_head import ArtifactError
 from retrieval.images import ImageLimits, ImageSource, load_image
 from retrieval.manifest import IndexLayout, IndexStateError, check_contract, read_manifest
@@ -563,7 +563,7 @@ class SearchEngine:
                 self._float32.update({s: v.astype(np.float32) for s, v in self.vectors.items()})
             per_slot = {s: matvec(self._float32[s], v)[rows] for s, v in query.items()}
         else:
-            per_slot = {s: matvec(self.vectors[s], v, rows) for s, v in query.items()}
+            per_slot = slot_scores(query, self.vectors, rows)
         fused_scores = None if self.fused is None else matvec(self.fused, fused_query, rows)
         if fused_scores is None:
             fused_scores = weighted_score(per_slot, self.weights)
